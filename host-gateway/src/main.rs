@@ -1,1 +1,65 @@
-fn main() {}
+//! `switchboard`: run the gateway, or print a token for a user.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use host_gateway::{Config, auth};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time chat over Wasm components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Print a token for a user, signed with the configured (or kept) secret.
+    Token {
+        /// The user id the token is for.
+        user: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = cli.serve;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token { user, ttl_secs } => {
+            let secret =
+                auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+            println!(
+                "{}",
+                auth::Authenticator::new(&secret).issue(&user, ttl_secs)?
+            );
+            Ok(())
+        }
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("binding {}", config.listen))?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            host_gateway::run(listener, config, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Presence in process: each connection of a user holds a lease that a
+//! heartbeat renews; the user is online while any lease is unexpired.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::backend::{ConnectionId, Presence, PresenceStore, StoreResult};
+use crate::ids::now_ms;
+
+#[derive(Debug, Default)]
+struct UserPresence {
+    /// connection -> lease expiry (ms since the Unix epoch).
+    leases: HashMap<ConnectionId, i64>,
+    last_seen: i64,
+}
+
+impl UserPresence {
+    fn prune(&mut self, now: i64) {
+        self.leases.retain(|_, expires| *expires > now);
+    }
+}
+
+/// In-process presence. A plain mutex: every operation is a few map updates.
+#[derive(Debug, Default)]
+pub struct InProcessPresence {
+    users: Mutex<HashMap<String, UserPresence>>,
+}
+
+impl InProcessPresence {
+    fn with_users<T>(&self, f: impl FnOnce(&mut HashMap<String, UserPresence>) -> T) -> T {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut users)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for InProcessPresence {
+    async fn heartbeat(
+        &self,
+        user: &str,
+        connection: ConnectionId,
+        ttl_ms: u64,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        Ok(self.with_users(|users| {
+            let entry = users.entry(user.to_owned()).or_default();
+            entry.prune(now);
+            let was_offline = entry.leases.is_empty();
+            entry.leases.insert(connection, now + ttl_ms as i64);
+            entry.last_seen = now;
+            was_offline
+        }))
+    }
+
+    async fn disconnect(&self, user: &str, connection: ConnectionId) -> StoreResult<bool> {
+        let now = now_ms();
+        Ok(self.with_users(|users| {
+            let Some(entry) = users.get_mut(user) else {
+                return false;
+            };
+            entry.prune(now);
+            let held = entry.leases.remove(&connection).is_some();
+            if held {
+                entry.last_seen = now;
+            }
+            held && entry.leases.is_empty()
+        }))
+    }
+
+    async fn query(&self, wanted: &[String]) -> StoreResult<Vec<Presence>> {
+        let now = now_ms();
+        Ok(self.with_users(|users| {
+            wanted
+                .iter()
+                .map(|user| {
+                    let (online, last_seen) = users.get(user).map_or((false, 0), |p| {
+                        let online = p.leases.values().any(|expires| *expires > now);
+                        // An expired lease's holder was last seen at its last heartbeat.
+                        (online, p.last_seen)
+                    });
+                    Presence {
+                        user_id: user.clone(),
+                        online,
+                        last_seen,
+                    }
+                })
+                .collect()
+        }))
+    }
+}

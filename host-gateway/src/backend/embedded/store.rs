@@ -1,0 +1,434 @@
+//! Messages, receipts and chats in one redb file.
+//!
+//! redb gives ACID transactions with an fsync per commit, which is what the
+//! `sent` ack promises. It has a single writer, so assigning a message id
+//! and committing the message happen in one write transaction: id order is
+//! commit order, and a reader paging by cursor never skips a message.
+//! A batch of appends is one transaction and so one fsync.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::backend::{
+    Appended, Chat, ChatDirectory, Message, MessageStore, NewMessage, Receipt, ReceiptKind,
+    StoreError, StoreResult, Watermarks,
+};
+use crate::ids::Snowflake;
+
+/// (chat, message id) -> message as JSON.
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// (sender, client-msg-id) -> (chat, message id): the idempotency index.
+const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str), (&str, u64)> =
+    TableDefinition::new("sent_by_client_id");
+/// chat -> the highest message id in it, so new ids stay above it across restarts.
+const CHAT_HEADS: TableDefinition<&str, u64> = TableDefinition::new("chat_heads");
+/// (chat, user) -> (delivered up to, read up to).
+const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("receipts");
+/// chat -> chat as JSON.
+const CHATS: TableDefinition<&str, &[u8]> = TableDefinition::new("chats");
+/// (user, chat) -> chat creation time, for listing a user's chats.
+const USER_CHATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("user_chats");
+
+/// The embedded durable store. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    ids: Arc<Snowflake>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore").finish_non_exhaustive()
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Unavailable(format!("corrupt record: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: &Path, ids: Arc<Snowflake>) -> anyhow::Result<Self> {
+        let db = Database::create(path)?;
+        // Create every table up front so read transactions never meet a missing one.
+        let txn = db.begin_write()?;
+        txn.open_table(MESSAGES)?;
+        txn.open_table(SENT_BY_CLIENT_ID)?;
+        txn.open_table(CHAT_HEADS)?;
+        txn.open_table(RECEIPTS)?;
+        txn.open_table(CHATS)?;
+        txn.open_table(USER_CHATS)?;
+        txn.commit()?;
+        Ok(Self {
+            db: Arc::new(db),
+            ids,
+        })
+    }
+
+    /// Runs blocking redb work off the async workers.
+    async fn blocking<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database, &Snowflake) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        let ids = self.ids.clone();
+        tokio::task::spawn_blocking(move || work(&db, &ids))
+            .await
+            .map_err(backend_err)?
+    }
+}
+
+fn append_batch(
+    db: &Database,
+    ids: &Snowflake,
+    batch: Vec<NewMessage>,
+) -> StoreResult<Vec<StoreResult<Appended>>> {
+    let txn = db.begin_write().map_err(backend_err)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(backend_err)?;
+        let mut by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
+        let mut heads = txn.open_table(CHAT_HEADS).map_err(backend_err)?;
+        for new in batch {
+            let existing = by_client
+                .get((new.sender_id.as_str(), new.client_msg_id.as_str()))
+                .map_err(backend_err)?
+                .map(|g| {
+                    let (chat, id) = g.value();
+                    (chat.to_owned(), id)
+                });
+            if let Some((chat, id)) = existing {
+                let stored = messages
+                    .get((chat.as_str(), id))
+                    .map_err(backend_err)?
+                    .ok_or_else(|| {
+                        StoreError::Unavailable(
+                            "idempotency index points at a missing message".into(),
+                        )
+                    })?;
+                let message: Message = decode(stored.value())?;
+                results.push(Ok(Appended {
+                    message,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            let head = heads
+                .get(new.chat_id.as_str())
+                .map_err(backend_err)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            let id = ids.next_after(head);
+            let message = Message {
+                id,
+                chat_id: new.chat_id,
+                sender_id: new.sender_id,
+                client_msg_id: new.client_msg_id,
+                content: new.content,
+                timestamp: new.timestamp,
+            };
+            let bytes = encode(&message)?;
+            messages
+                .insert((message.chat_id.as_str(), id), bytes.as_slice())
+                .map_err(backend_err)?;
+            by_client
+                .insert(
+                    (message.sender_id.as_str(), message.client_msg_id.as_str()),
+                    (message.chat_id.as_str(), id),
+                )
+                .map_err(backend_err)?;
+            heads
+                .insert(message.chat_id.as_str(), id)
+                .map_err(backend_err)?;
+            results.push(Ok(Appended {
+                message,
+                duplicate: false,
+            }));
+        }
+    }
+    // Durability::Immediate (the default): commit returns after fsync.
+    txn.commit().map_err(backend_err)?;
+    Ok(results)
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn append(&self, batch: Vec<NewMessage>) -> StoreResult<Vec<StoreResult<Appended>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |db, ids| append_batch(db, ids, batch))
+            .await
+    }
+
+    async fn page_before(
+        &self,
+        chat: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<Message>> {
+        let chat = chat.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let end = before.unwrap_or(u64::MAX);
+            let range = table
+                .range((chat.as_str(), 0)..(chat.as_str(), end))
+                .map_err(backend_err)?;
+            let mut out = Vec::new();
+            for row in range.rev().take(limit as usize) {
+                let (_, value) = row.map_err(backend_err)?;
+                out.push(decode(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn page_after(&self, chat: &str, after: u64, limit: u32) -> StoreResult<Vec<Message>> {
+        let chat = chat.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let Some(start) = after.checked_add(1) else {
+                return Ok(Vec::new());
+            };
+            let range = table
+                .range((chat.as_str(), start)..=(chat.as_str(), u64::MAX))
+                .map_err(backend_err)?;
+            let mut out = Vec::new();
+            for row in range.take(limit as usize) {
+                let (_, value) = row.map_err(backend_err)?;
+                out.push(decode(value.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get(&self, chat: &str, id: u64) -> StoreResult<Option<Message>> {
+        let chat = chat.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let row = table.get((chat.as_str(), id)).map_err(backend_err)?;
+            row.map(|v| decode(v.value())).transpose()
+        })
+        .await
+    }
+
+    async fn advance_receipt(
+        &self,
+        chat: &str,
+        user: &str,
+        kind: ReceiptKind,
+        up_to: u64,
+    ) -> StoreResult<(Watermarks, bool)> {
+        let (chat, user) = (chat.to_owned(), user.to_owned());
+        self.blocking(move |db, _| {
+            let txn = db.begin_write().map_err(backend_err)?;
+            let result = {
+                let mut table = txn.open_table(RECEIPTS).map_err(backend_err)?;
+                let (delivered, read) = table
+                    .get((chat.as_str(), user.as_str()))
+                    .map_err(backend_err)?
+                    .map(|g| g.value())
+                    .unwrap_or((0, 0));
+                let before = Watermarks {
+                    delivered_up_to: delivered,
+                    read_up_to: read,
+                };
+                let mut after = before;
+                match kind {
+                    ReceiptKind::Delivered => {
+                        after.delivered_up_to = after.delivered_up_to.max(up_to)
+                    }
+                    ReceiptKind::Read => {
+                        after.read_up_to = after.read_up_to.max(up_to);
+                        after.delivered_up_to = after.delivered_up_to.max(up_to);
+                    }
+                }
+                let moved = match kind {
+                    ReceiptKind::Delivered => after.delivered_up_to != before.delivered_up_to,
+                    ReceiptKind::Read => after.read_up_to != before.read_up_to,
+                };
+                if after != before {
+                    table
+                        .insert(
+                            (chat.as_str(), user.as_str()),
+                            (after.delivered_up_to, after.read_up_to),
+                        )
+                        .map_err(backend_err)?;
+                }
+                (after, moved)
+            };
+            txn.commit().map_err(backend_err)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn receipts(&self, chat: &str) -> StoreResult<Vec<Receipt>> {
+        let chat = chat.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let table = txn.open_table(RECEIPTS).map_err(backend_err)?;
+            // "" sorts before every user id and "\u{10FFFF}" after, bounding the chat's rows.
+            let range = table
+                .range((chat.as_str(), "")..=(chat.as_str(), "\u{10FFFF}"))
+                .map_err(backend_err)?;
+            let mut out = Vec::new();
+            for row in range {
+                let (key, value) = row.map_err(backend_err)?;
+                let (_, user) = key.value();
+                let (delivered, read) = value.value();
+                out.push(Receipt {
+                    user_id: user.to_owned(),
+                    marks: Watermarks {
+                        delivered_up_to: delivered,
+                        read_up_to: read,
+                    },
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn read_chat(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    chat: &str,
+) -> StoreResult<Option<Chat>> {
+    table
+        .get(chat)
+        .map_err(backend_err)?
+        .map(|v| decode(v.value()))
+        .transpose()
+}
+
+#[async_trait]
+impl ChatDirectory for EmbeddedStore {
+    async fn get_chat(&self, chat: &str) -> StoreResult<Option<Chat>> {
+        let chat = chat.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            read_chat(&txn.open_table(CHATS).map_err(backend_err)?, &chat)
+        })
+        .await
+    }
+
+    async fn is_member(&self, chat: &str, user: &str) -> StoreResult<bool> {
+        Ok(self
+            .get_chat(chat)
+            .await?
+            .is_some_and(|c| c.members.iter().any(|m| m == user)))
+    }
+
+    async fn create_chat(&self, chat: Chat) -> StoreResult<(Chat, bool)> {
+        self.blocking(move |db, _| {
+            let txn = db.begin_write().map_err(backend_err)?;
+            let result = {
+                let mut chats = txn.open_table(CHATS).map_err(backend_err)?;
+                if let Some(existing) = read_chat(&chats, &chat.id)? {
+                    (existing, false)
+                } else {
+                    chats
+                        .insert(chat.id.as_str(), encode(&chat)?.as_slice())
+                        .map_err(backend_err)?;
+                    let mut index = txn.open_table(USER_CHATS).map_err(backend_err)?;
+                    for member in &chat.members {
+                        index
+                            .insert((member.as_str(), chat.id.as_str()), chat.created_at)
+                            .map_err(backend_err)?;
+                    }
+                    (chat, true)
+                }
+            };
+            txn.commit().map_err(backend_err)?;
+            Ok(result)
+        })
+        .await
+    }
+
+    async fn chats_of(&self, user: &str) -> StoreResult<Vec<Chat>> {
+        let user = user.to_owned();
+        self.blocking(move |db, _| {
+            let txn = db.begin_read().map_err(backend_err)?;
+            let index = txn.open_table(USER_CHATS).map_err(backend_err)?;
+            let chats = txn.open_table(CHATS).map_err(backend_err)?;
+            let mut out = Vec::new();
+            for row in index
+                .range((user.as_str(), "")..=(user.as_str(), "\u{10FFFF}"))
+                .map_err(backend_err)?
+            {
+                let (key, _) = row.map_err(backend_err)?;
+                let (_, chat_id) = key.value();
+                if let Some(chat) = read_chat(&chats, chat_id)? {
+                    out.push(chat);
+                }
+            }
+            out.sort_by(|a, b| {
+                b.created_at
+                    .cmp(&a.created_at)
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn update_members(
+        &self,
+        chat_id: &str,
+        expected: &[String],
+        members: Vec<String>,
+        admins: Vec<String>,
+    ) -> StoreResult<Chat> {
+        let chat_id = chat_id.to_owned();
+        let expected = expected.to_vec();
+        self.blocking(move |db, _| {
+            let txn = db.begin_write().map_err(backend_err)?;
+            let updated = {
+                let mut chats = txn.open_table(CHATS).map_err(backend_err)?;
+                let mut chat = read_chat(&chats, &chat_id)?.ok_or(StoreError::NotFound)?;
+                if chat.members != expected {
+                    return Err(StoreError::Conflict("members changed concurrently".into()));
+                }
+                let mut index = txn.open_table(USER_CHATS).map_err(backend_err)?;
+                for gone in chat.members.iter().filter(|m| !members.contains(m)) {
+                    index
+                        .remove((gone.as_str(), chat_id.as_str()))
+                        .map_err(backend_err)?;
+                }
+                for added in members.iter().filter(|m| !chat.members.contains(m)) {
+                    index
+                        .insert((added.as_str(), chat_id.as_str()), chat.created_at)
+                        .map_err(backend_err)?;
+                }
+                chat.members = members;
+                chat.admins = admins;
+                chats
+                    .insert(chat_id.as_str(), encode(&chat)?.as_slice())
+                    .map_err(backend_err)?;
+                chat
+            };
+            txn.commit().map_err(backend_err)?;
+            Ok(updated)
+        })
+        .await
+    }
+}

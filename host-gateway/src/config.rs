@@ -1,0 +1,61 @@
+//! Gateway configuration, from flags or `SWITCHBOARD_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `switchboard serve` can be told.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to listen on for WebSocket and HTTP.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where the embedded backend keeps its files (and the generated JWT secret).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR", default_value = "switchboard-data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for client tokens (at least 16 bytes). When unset, one is
+    /// generated once and kept in the data directory.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How long a heartbeat keeps a user online.
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_TTL_SECS", default_value_t = 60)]
+    pub presence_ttl_secs: u64,
+
+    /// How often clients should heartbeat; the server also pings idle sockets this often.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_HEARTBEAT_INTERVAL_SECS",
+        default_value_t = 30
+    )]
+    pub heartbeat_interval_secs: u64,
+
+    /// Largest WebSocket frame (and message) accepted; larger ones close the socket with 1009.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest message content in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_CONTENT_BYTES", default_value_t = 4096)]
+    pub max_content_bytes: u32,
+
+    /// Load `<name>.wasm` components from this directory instead of the embedded ones.
+    #[arg(long, env = "SWITCHBOARD_COMPONENTS_DIR")]
+    pub components_dir: Option<PathBuf>,
+
+    /// Wall-time limit of one component invocation, host calls included.
+    #[arg(long, env = "SWITCHBOARD_COMPONENT_TIMEOUT_MS", default_value_t = 5000)]
+    pub component_timeout_ms: u64,
+
+    /// Linear-memory limit of one component instance, in MiB.
+    #[arg(long, env = "SWITCHBOARD_COMPONENT_MEMORY_MIB", default_value_t = 32)]
+    pub component_memory_mib: usize,
+
+    /// This gateway's id (0-1023), unique among gateways: it is part of every id issued here.
+    #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = 0)]
+    pub node_id: u16,
+
+    /// Parallel dispatch lanes; frames of one chat always share a lane, which keeps them in order.
+    #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES", default_value_t = 4)]
+    pub dispatch_lanes: usize,
+}

@@ -1,0 +1,247 @@
+//! From frames to component invocations.
+//!
+//! Frames queue in lanes; a lane's worker takes everything queued (up to a
+//! batch limit) and hands it to one component invocation. Idle, a batch is a
+//! single frame and adds no latency; under load, one ~20 us instantiation
+//! and one store commit serve many frames.
+//!
+//! Order: all frames of a chat go to the same lane (by hash of the chat id)
+//! and a lane runs one invocation at a time, so a chat's messages are
+//! stored, acked and fanned out in the order they arrived. Presence frames
+//! are laned by user for the same reason.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::envelope::{Envelope, Route};
+use crate::backend::{ConnectionId, Router};
+use crate::ids::now_ms;
+use crate::runtime::{ConnectionEvent, InboundFrame, InvokeError, Lifecycle, Runtime, Stored};
+
+/// Most frames one invocation takes.
+const MAX_BATCH: usize = 128;
+/// Frames a lane queues before readers wait (backpressure to the sockets).
+const LANE_CAPACITY: usize = 4096;
+
+/// A frame and what the host needs to answer for it if the component fails.
+#[derive(Debug)]
+struct Job {
+    frame: InboundFrame,
+    client_msg_id: Option<String>,
+}
+
+#[derive(Debug)]
+enum PresenceJob {
+    Frame(Job),
+    Lifecycle(ConnectionEvent),
+}
+
+/// Hands frames to the lanes. Cheap to share.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    send_lanes: Arc<[mpsc::Sender<Job>]>,
+    presence_lanes: Arc<[mpsc::Sender<PresenceJob>]>,
+}
+
+fn lane_of(key: &str, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % lanes as u64) as usize
+}
+
+impl Dispatcher {
+    /// Starts `lanes` workers for each routed component.
+    pub fn start(runtime: Arc<Runtime>, router: Arc<dyn Router>, lanes: usize) -> Self {
+        let mut send_lanes = Vec::with_capacity(lanes);
+        let mut presence_lanes = Vec::with_capacity(lanes);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            tokio::spawn(send_worker(runtime.clone(), router.clone(), rx));
+            send_lanes.push(tx);
+            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            tokio::spawn(presence_worker(runtime.clone(), router.clone(), rx));
+            presence_lanes.push(tx);
+        }
+        Self {
+            send_lanes: send_lanes.into(),
+            presence_lanes: presence_lanes.into(),
+        }
+    }
+
+    /// Queues a routed frame; waits while its lane is full.
+    pub async fn submit(
+        &self,
+        connection: ConnectionId,
+        user_id: &str,
+        envelope: Envelope,
+        body: String,
+    ) {
+        let frame = InboundFrame {
+            connection,
+            user_id: user_id.to_owned(),
+            kind: envelope.kind,
+            body,
+            received_at: now_ms(),
+        };
+        let job = Job {
+            frame,
+            client_msg_id: envelope.client_msg_id,
+        };
+        match envelope.route {
+            Route::Send => {
+                // Frames without a chat id are invalid anyway; any lane will do.
+                let key = envelope.chat_id.as_deref().unwrap_or(user_id);
+                let lane = &self.send_lanes[lane_of(key, self.send_lanes.len())];
+                let _ = lane.send(job).await;
+            }
+            Route::Presence => {
+                let _ = self
+                    .presence_lane(user_id)
+                    .send(PresenceJob::Frame(job))
+                    .await;
+            }
+        }
+    }
+
+    /// Tells the presence component a connection opened or closed.
+    pub async fn lifecycle(&self, connection: ConnectionId, user_id: &str, event: Lifecycle) {
+        let event = ConnectionEvent {
+            connection,
+            user_id: user_id.to_owned(),
+            event,
+        };
+        let _ = self
+            .presence_lane(user_id)
+            .send(PresenceJob::Lifecycle(event))
+            .await;
+    }
+
+    fn presence_lane(&self, user_id: &str) -> &mpsc::Sender<PresenceJob> {
+        &self.presence_lanes[lane_of(user_id, self.presence_lanes.len())]
+    }
+}
+
+/// Takes the first queued item (waiting for it) and whatever else is queued.
+async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The error frame for a frame whose component failed.
+fn internal_error(client_msg_id: Option<&str>, error: &InvokeError) -> String {
+    let message = match error {
+        InvokeError::Timeout { .. } => "the server took too long to handle this frame; retry",
+        _ => "the server failed to handle this frame; retry",
+    };
+    let mut frame = serde_json::json!({"type": "error", "code": "internal", "message": message});
+    if let Some(id) = client_msg_id {
+        frame["clientMsgId"] = id.into();
+    }
+    frame.to_string()
+}
+
+async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mpsc::Receiver<Job>) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        let frames: Vec<InboundFrame> = batch.iter().map(|j| j.frame.clone()).collect();
+        match runtime.send(&frames).await {
+            Ok(stored) => fan_out(&runtime, &batch, stored).await,
+            Err(e) if batch.len() > 1 => {
+                // One bad frame must not fail its neighbours: retry each alone.
+                // Sends are idempotent by clientMsgId, so a retried message
+                // that was already stored is acked, not stored twice.
+                tracing::warn!(error = %e, frames = batch.len(), "send batch failed; retrying frames one by one");
+                for job in &batch {
+                    match runtime.send(std::slice::from_ref(&job.frame)).await {
+                        Ok(stored) => fan_out(&runtime, std::slice::from_ref(job), stored).await,
+                        Err(e) => fail(&*router, job, &e).await,
+                    }
+                }
+            }
+            Err(e) => fail(&*router, &batch[0], &e).await,
+        }
+    }
+}
+
+async fn fail(router: &dyn Router, job: &Job, error: &InvokeError) {
+    tracing::error!(error = %error, kind = %job.frame.kind, "component failed on a frame");
+    let frame = internal_error(job.client_msg_id.as_deref(), error);
+    router
+        .send_to_connection(job.frame.connection, frame.into())
+        .await;
+}
+
+/// Hands newly stored messages to the fanout component, each with the
+/// connection it came from (which already has it).
+async fn fan_out(runtime: &Runtime, batch: &[Job], stored: Vec<crate::runtime::bindings::Message>) {
+    if stored.is_empty() {
+        return;
+    }
+    let items: Vec<Stored> = stored
+        .into_iter()
+        .map(|message| {
+            let origin = batch
+                .iter()
+                .find(|j| {
+                    j.frame.user_id == message.sender_id
+                        && j.client_msg_id.as_deref() == Some(&message.client_msg_id)
+                })
+                .map(|j| j.frame.connection);
+            Stored { message, origin }
+        })
+        .collect();
+    if let Err(e) = runtime.fanout(&items).await {
+        // The messages are stored and acked; recipients catch up by cursor.
+        tracing::error!(error = %e, messages = items.len(), "fanout failed");
+    }
+}
+
+async fn presence_worker(
+    runtime: Arc<Runtime>,
+    router: Arc<dyn Router>,
+    mut rx: mpsc::Receiver<PresenceJob>,
+) {
+    while let Some(batch) = next_batch(&mut rx).await {
+        // Keep arrival order: consecutive frames go in one call, consecutive
+        // lifecycle events in another (a heartbeat after a disconnect must
+        // not revive the connection).
+        let mut batch = batch.into_iter().peekable();
+        while let Some(first) = batch.next() {
+            match first {
+                PresenceJob::Frame(job) => {
+                    let mut jobs = vec![job];
+                    while let Some(PresenceJob::Frame(_)) = batch.peek() {
+                        if let Some(PresenceJob::Frame(j)) = batch.next() {
+                            jobs.push(j);
+                        }
+                    }
+                    let frames: Vec<InboundFrame> = jobs.iter().map(|j| j.frame.clone()).collect();
+                    if let Err(e) = runtime.presence_frames(&frames).await {
+                        for job in &jobs {
+                            fail(&*router, job, &e).await;
+                        }
+                    }
+                }
+                PresenceJob::Lifecycle(event) => {
+                    let mut events = vec![event];
+                    while let Some(PresenceJob::Lifecycle(_)) = batch.peek() {
+                        if let Some(PresenceJob::Lifecycle(e)) = batch.next() {
+                            events.push(e);
+                        }
+                    }
+                    if let Err(e) = runtime.presence_lifecycle(&events).await {
+                        tracing::error!(error = %e, events = events.len(), "presence lifecycle failed");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The HTTP and WebSocket front of the gateway.
+//!
+//! - `envelope`: the little the host reads of a frame (its `type`, for routing).
+//! - `ws`: one task per WebSocket connection.
+//! - `dispatch`: batching frames into component invocations, in order per chat.
+//! - `rest`: HTTP API requests handed to the HTTP components.
+
+mod dispatch;
+mod envelope;
+mod rest;
+mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::{any, get};
+
+use crate::auth::{Authenticator, load_or_create_secret};
+use crate::backend::{Backends, ConnectionId, embedded};
+use crate::config::Config;
+use crate::ids::Snowflake;
+use crate::runtime::bindings::platform::chat::platform::config::Settings;
+use crate::runtime::{InvocationLimits, Runtime, Shared};
+
+pub use dispatch::Dispatcher;
+
+/// What every request handler shares.
+#[derive(Debug)]
+pub struct App {
+    pub auth: Authenticator,
+    pub runtime: Arc<Runtime>,
+    pub dispatcher: Dispatcher,
+    pub backends: Backends,
+    /// Connection ids: the node id in the top bits keeps them unique across gateways.
+    next_connection: AtomicU64,
+    node_id: u16,
+    pub max_frame_bytes: usize,
+    pub heartbeat_interval: Duration,
+}
+
+impl App {
+    fn next_connection_id(&self) -> ConnectionId {
+        (u64::from(self.node_id) << 48) | self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Builds the app from configuration: backends, components, dispatcher.
+pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
+    let ids = Arc::new(Snowflake::new(config.node_id));
+    let backends =
+        embedded::open(&config.data_dir, ids.clone()).context("opening the embedded store")?;
+    let settings = Settings {
+        max_content_bytes: config.max_content_bytes,
+        presence_ttl_ms: config.presence_ttl_secs * 1000,
+        max_group_members: 256,
+    };
+    let shared = Arc::new(Shared {
+        backends: backends.clone(),
+        ids,
+        settings,
+    });
+    let limits = InvocationLimits {
+        memory_bytes: config.component_memory_mib << 20,
+        deadline: Duration::from_millis(config.component_timeout_ms),
+    };
+    let source = Runtime::source(config.components_dir.as_deref());
+    let runtime = Arc::new(Runtime::new(&source, shared, limits).context("loading components")?);
+    let dispatcher = Dispatcher::start(
+        runtime.clone(),
+        backends.router.clone(),
+        config.dispatch_lanes.max(1),
+    );
+    Ok(Arc::new(App {
+        auth: Authenticator::new(&secret),
+        runtime,
+        dispatcher,
+        backends,
+        next_connection: AtomicU64::new(1),
+        node_id: config.node_id,
+        max_frame_bytes: config.max_frame_bytes,
+        heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs.max(1)),
+    }))
+}
+
+/// The HTTP routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ready" }))
+        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/chat/connect", get(ws::upgrade))
+        .route("/api/v1/{*rest}", any(rest::handle))
+        .fallback(|| async {
+            rest::error(http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(app)
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = build(&config)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "switchboard ready");
+    // The one line on stdout: scripts and tests read the bound port from it.
+    println!("switchboard listening on http://{addr}");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving")
+}

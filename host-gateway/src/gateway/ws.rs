@@ -1,0 +1,192 @@
+//! One task per WebSocket connection: authenticate, register, then pump
+//! frames both ways until either side leaves.
+//!
+//! The task reads client frames, routes them (`envelope`) and queues them
+//! (`dispatch`); it writes whatever the components queued for this
+//! connection (its `Outbox`). Framing faults end the connection with the
+//! WebSocket close code that names them; everything else is an `error`
+//! frame and the connection lives on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, StatusCode};
+use tokio::sync::{Notify, mpsc};
+
+use super::App;
+use super::envelope;
+use super::rest::{bearer_token, error};
+use crate::auth::Identity;
+use crate::backend::{ConnectionId, Outbox};
+use crate::runtime::Lifecycle;
+
+/// Frames queued for one connection before it counts as lagging.
+const OUTBOX_CAPACITY: usize = 1024;
+
+/// `GET /chat/connect`: authenticate before upgrading.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(user_id) = query.get("userId") else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "userId is required",
+        );
+    };
+    let token = query
+        .get("token")
+        .map(String::as_str)
+        .or_else(|| bearer_token(&headers));
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a token is required",
+        );
+    };
+    let identity = match app.auth.verify(token, Some(user_id)) {
+        Ok(identity) => identity,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    upgrade
+        .max_message_size(app.max_frame_bytes)
+        .max_frame_size(app.max_frame_bytes)
+        .on_upgrade(move |socket| connection(app, identity, socket))
+}
+
+fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Message {
+    let mut frame = serde_json::json!({"type": "error", "code": code, "message": message});
+    if let Some(id) = client_msg_id {
+        frame["clientMsgId"] = id.into();
+    }
+    Message::Text(frame.to_string().into())
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+/// How a read error ends the connection.
+fn close_for(error: axum::Error) -> Message {
+    match error
+        .into_inner()
+        .downcast::<tungstenite::Error>()
+        .map(|e| *e)
+    {
+        Ok(tungstenite::Error::Capacity(_)) => close(close_code::SIZE, "frame too large"),
+        Ok(tungstenite::Error::Utf8(_)) => {
+            close(close_code::INVALID, "invalid UTF-8 in a text frame")
+        }
+        _ => close(close_code::PROTOCOL, "protocol error"),
+    }
+}
+
+/// Time until the token expires (never negative).
+fn until_expiry(identity: &Identity) -> Duration {
+    let now = crate::ids::now_ms() / 1000;
+    Duration::from_secs((identity.expires_at - now).max(0) as u64)
+}
+
+async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
+    let connection_id: ConnectionId = app.next_connection_id();
+    let user = identity.user_id.clone();
+    let (frames_tx, mut frames_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let lagged = Arc::new(Notify::new());
+    app.backends
+        .router
+        .register(
+            &user,
+            connection_id,
+            Outbox {
+                frames: frames_tx,
+                lagged: lagged.clone(),
+            },
+        )
+        .await;
+    app.dispatcher
+        .lifecycle(connection_id, &user, Lifecycle::Connected)
+        .await;
+    crate::metrics::connection_opened();
+    tracing::debug!(%user, connection_id, "connected");
+
+    let (mut sink, mut stream) = socket.split();
+    let expiry = tokio::time::sleep(until_expiry(&identity));
+    tokio::pin!(expiry);
+    let mut ping = tokio::time::interval(app.heartbeat_interval);
+    ping.reset();
+
+    let farewell: Option<Message> = loop {
+        tokio::select! {
+            incoming = stream.next() => match incoming {
+                None => break None,
+                Some(Err(e)) => {
+                    tracing::debug!(%user, connection_id, error = ?e, "read failed");
+                    break Some(close_for(e));
+                }
+                Some(Ok(Message::Text(text))) => {
+                    crate::metrics::frame_in();
+                    match envelope::parse(&text) {
+                        Ok(env) => app.dispatcher.submit(connection_id, &user, env, text.to_string()).await,
+                        Err(e) => {
+                            let reply = error_frame(e.code(), &e.message(), e.client_msg_id());
+                            if sink.send(reply).await.is_err() {
+                                break None;
+                            }
+                        }
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = error_frame("unsupported_frame", "binary frames are not supported; send JSON text", None);
+                    if sink.send(reply).await.is_err() {
+                        break None;
+                    }
+                }
+                // Pings are answered by the WebSocket layer; pongs need nothing.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) => break None,
+            },
+            Some(frame) = frames_rx.recv() => {
+                if sink.send(Message::Text(Utf8Bytes::from(&*frame))).await.is_err() {
+                    break None;
+                }
+            }
+            _ = lagged.notified() => {
+                // The client does not keep up; it reconnects and catches up from the store.
+                break Some(close(close_code::AGAIN, "too slow to read; reconnect and catch up"));
+            }
+            _ = &mut expiry => break Some(close(close_code::POLICY, "token expired")),
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(message) = farewell {
+        let _ = sink.send(message).await;
+        let _ = sink.close().await;
+    }
+
+    app.backends.router.unregister(&user, connection_id).await;
+    app.dispatcher
+        .lifecycle(connection_id, &user, Lifecycle::Disconnected)
+        .await;
+    crate::metrics::connection_closed();
+    tracing::debug!(%user, connection_id, "disconnected");
+}
