@@ -86,8 +86,8 @@ pub enum InvokeError {
 pub enum ComponentSource {
     /// The components built with this binary (see `build.rs`).
     Embedded,
-    /// `<dir>/<name>.wasm` for each component: for deploying rebuilt
-    /// components without rebuilding the host.
+    /// `<dir>/<name>.wasm` where present, the embedded component otherwise:
+    /// for deploying rebuilt components without rebuilding the host.
     Directory(std::path::PathBuf),
 }
 
@@ -97,16 +97,15 @@ mod embedded_components {
 
 impl ComponentSource {
     fn load(&self, name: &str) -> anyhow::Result<Vec<u8>> {
-        match self {
-            Self::Embedded => embedded_components::get(name)
-                .map(<[u8]>::to_vec)
-                .with_context(|| format!("no embedded component {name}")),
-            Self::Directory(dir) => {
-                let path = dir.join(format!("{name}.wasm"));
-                std::fs::read(&path)
-                    .with_context(|| format!("reading component {}", path.display()))
+        if let Self::Directory(dir) = self {
+            let path = dir.join(format!("{name}.wasm"));
+            if path.exists() {
+                return std::fs::read(&path).with_context(|| format!("reading component {}", path.display()));
             }
         }
+        embedded_components::get(name)
+            .map(<[u8]>::to_vec)
+            .with_context(|| format!("no embedded component {name}"))
     }
 }
 
