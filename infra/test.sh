@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test on a fresh machine: formatting, lints, unit tests (host and
+# component cores), the host's containment tests and the end-to-end suite
+# against the real binary over real sockets.
+#
+# Usage: infra/test.sh            (from anywhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+log "toolchain"
+# rust-toolchain.toml pins the compiler and lists the wasm target; rustup
+# installs the target only with a new toolchain, so make sure of it here.
+rustup show active-toolchain
+rustup target add wasm32-wasip2
+
+log "format"
+cargo fmt --all -- --check
+
+log "build (host, with its components)"
+cargo build --workspace --all-targets --locked
+
+log "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "tests"
+export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
+cargo test --workspace --locked
