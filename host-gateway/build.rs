@@ -66,7 +66,8 @@ fn build_components(root: &Path) -> PathBuf {
         cmd.args(["-p", name]);
     }
     // Small guests: no debug info in the embedded binaries.
-    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false").env("CARGO_PROFILE_RELEASE_STRIP", "true");
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     // The outer build's settings are for the host, not for wasm guests.
     for var in [
         "RUSTFLAGS",

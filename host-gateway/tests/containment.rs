@@ -15,7 +15,9 @@ use futures_util::{SinkExt, StreamExt};
 use host_gateway::backend::{Outbox, embedded};
 use host_gateway::ids::Snowflake;
 use host_gateway::runtime::bindings::platform::chat::platform::config::Settings;
-use host_gateway::runtime::{ComponentSource, InboundFrame, InvocationLimits, InvokeError, Runtime, Shared};
+use host_gateway::runtime::{
+    ComponentSource, InboundFrame, InvocationLimits, InvokeError, Runtime, Shared,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Builds the faulty guest once and returns a directory holding it as `send.wasm`.
@@ -26,7 +28,15 @@ fn faulty_components() -> PathBuf {
         let target = root.join("target").join("components");
         let status = Command::new(env!("CARGO"))
             .current_dir(&root)
-            .args(["build", "--release", "--target", "wasm32-wasip2", "-p", "faulty-send", "--target-dir"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "-p",
+                "faulty-send",
+                "--target-dir",
+            ])
             .arg(&target)
             .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
             .status()
@@ -34,7 +44,11 @@ fn faulty_components() -> PathBuf {
         assert!(status.success(), "building faulty-send failed");
         let dir = target.join("faulty");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::copy(target.join("wasm32-wasip2/release/faulty_send.wasm"), dir.join("send.wasm")).unwrap();
+        std::fs::copy(
+            target.join("wasm32-wasip2/release/faulty_send.wasm"),
+            dir.join("send.wasm"),
+        )
+        .unwrap();
         dir
     })
     .clone()
@@ -51,12 +65,42 @@ async fn fixture(deadline: Duration) -> Fixture {
     let ids = Arc::new(Snowflake::new(0));
     let backends = embedded::open(data.path(), ids.clone()).unwrap();
     let (tx, outbox) = tokio::sync::mpsc::channel(16);
-    backends.router.register("alice", 1, Outbox { frames: tx, lagged: Default::default() }).await;
-    let settings = Settings { max_content_bytes: 4096, presence_ttl_ms: 60_000, max_group_members: 256 };
-    let shared = Arc::new(Shared { backends, ids, settings });
-    let limits = InvocationLimits { memory_bytes: 16 << 20, deadline };
-    let runtime = Runtime::new(&ComponentSource::Directory(faulty_components()), shared, limits).unwrap();
-    Fixture { runtime, outbox, _data: data }
+    backends
+        .router
+        .register(
+            "alice",
+            1,
+            Outbox {
+                frames: tx,
+                lagged: Default::default(),
+            },
+        )
+        .await;
+    let settings = Settings {
+        max_content_bytes: 4096,
+        presence_ttl_ms: 60_000,
+        max_group_members: 256,
+    };
+    let shared = Arc::new(Shared {
+        backends,
+        ids,
+        settings,
+    });
+    let limits = InvocationLimits {
+        memory_bytes: 16 << 20,
+        deadline,
+    };
+    let runtime = Runtime::new(
+        &ComponentSource::Directory(faulty_components()),
+        shared,
+        limits,
+    )
+    .unwrap();
+    Fixture {
+        runtime,
+        outbox,
+        _data: data,
+    }
 }
 
 fn frame(body: &str) -> InboundFrame {
@@ -71,8 +115,14 @@ fn frame(body: &str) -> InboundFrame {
 
 /// After a component invocation fails, the next one runs normally.
 async fn assert_next_call_works(f: &mut Fixture) {
-    f.runtime.send(&[frame("hello")]).await.expect("the next invocation works");
-    let reply = tokio::time::timeout(Duration::from_secs(5), f.outbox.recv()).await.unwrap().unwrap();
+    f.runtime
+        .send(&[frame("hello")])
+        .await
+        .expect("the next invocation works");
+    let reply = tokio::time::timeout(Duration::from_secs(5), f.outbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*reply, r#"{"type":"alive"}"#);
 }
 
@@ -81,7 +131,16 @@ async fn assert_next_call_works(f: &mut Fixture) {
 async fn trapping_component_fails_only_its_invocation() {
     let mut f = fixture(Duration::from_secs(5)).await;
     let err = f.runtime.send(&[frame("trap")]).await.unwrap_err();
-    assert!(matches!(err, InvokeError::Trap { component: "send", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            InvokeError::Trap {
+                component: "send",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_next_call_works(&mut f).await;
 }
 
@@ -92,7 +151,11 @@ async fn looping_component_is_interrupted_at_its_deadline() {
     let started = Instant::now();
     let err = f.runtime.send(&[frame("loop")]).await.unwrap_err();
     assert!(matches!(err, InvokeError::Timeout { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_next_call_works(&mut f).await;
 }
 
@@ -105,12 +168,17 @@ async fn memory_hog_is_capped() {
     assert_next_call_works(&mut f).await;
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next text frame, as JSON; fails the test after 5 s.
 async fn next_text(ws: &mut Socket) -> serde_json::Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = msg {
             return serde_json::from_str(&t).unwrap();
         }
@@ -142,14 +210,22 @@ async fn client_gets_error_frame_and_connection_survives_component_crash() {
     ]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(host_gateway::run(listener, args.config, std::future::pending()));
+    tokio::spawn(host_gateway::run(
+        listener,
+        args.config,
+        std::future::pending(),
+    ));
 
-    let token = host_gateway::auth::Authenticator::new(secret.as_bytes()).issue("alice", 60).unwrap();
+    let token = host_gateway::auth::Authenticator::new(secret.as_bytes())
+        .issue("alice", 60)
+        .unwrap();
     let url = format!("ws://{addr}/chat/connect?userId=alice&token={token}");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     for (i, poison) in ["trap", "loop"].iter().enumerate() {
         let frame = serde_json::json!({"type": "sendMessage", "chatId": "c", "content": poison, "clientMsgId": format!("m{i}")});
-        ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
         let reply = next_text(&mut ws).await;
         assert_eq!(reply["type"], "error");
         assert_eq!(reply["code"], "internal");

@@ -100,7 +100,8 @@ impl ComponentSource {
         if let Self::Directory(dir) = self {
             let path = dir.join(format!("{name}.wasm"));
             if path.exists() {
-                return std::fs::read(&path).with_context(|| format!("reading component {}", path.display()));
+                return std::fs::read(&path)
+                    .with_context(|| format!("reading component {}", path.display()));
             }
         }
         embedded_components::get(name)

@@ -1,0 +1,377 @@
+//! The backend contract: what every implementation of the storage traits
+//! must do, written once and run against each implementation.
+//!
+//! Each `*_contract` function takes a fresh backend; the `embedded` module
+//! at the bottom instantiates them for the embedded backend (Redis and
+//! Cassandra implementations join here).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use host_gateway::backend::{
+    Chat, ChatDirectory, ChatKind, MessageStore, NewMessage, Outbox, PresenceStore, ReceiptKind,
+    Router,
+};
+
+fn new_message(chat: &str, sender: &str, client_id: &str) -> NewMessage {
+    NewMessage {
+        chat_id: chat.into(),
+        sender_id: sender.into(),
+        client_msg_id: client_id.into(),
+        content: format!("content of {client_id}"),
+        timestamp: 1_764_000_000_000,
+    }
+}
+
+/// Appends get increasing ids within a chat, in input order.
+async fn append_assigns_increasing_ids(store: &dyn MessageStore) {
+    let batch = (0..50)
+        .map(|i| new_message("c1", "alice", &format!("m{i}")))
+        .collect();
+    let results = store.append(batch).await.unwrap();
+    let ids: Vec<u64> = results.into_iter().map(|r| r.unwrap().message.id).collect();
+    assert_eq!(ids.len(), 50);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids must increase: {ids:?}"
+    );
+    let more = store
+        .append(vec![new_message("c1", "bob", "b1")])
+        .await
+        .unwrap();
+    assert!(more[0].as_ref().unwrap().message.id > ids[49]);
+}
+
+/// A repeated (sender, clientMsgId) returns the first message and stores nothing new.
+async fn append_is_idempotent(store: &dyn MessageStore) {
+    let first = store
+        .append(vec![new_message("c2", "alice", "x")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert!(!first.duplicate);
+    let mut again = new_message("c2", "alice", "x");
+    again.content = "different content".into();
+    let batch = vec![again, new_message("c2", "alice", "x")];
+    for result in store.append(batch).await.unwrap() {
+        let result = result.unwrap();
+        assert!(result.duplicate);
+        assert_eq!(result.message, first.message);
+    }
+    // Another sender may use the same client id.
+    let other = store
+        .append(vec![new_message("c2", "bob", "x")])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert!(!other.duplicate);
+    assert_eq!(store.page_after("c2", 0, 100).await.unwrap().len(), 2);
+}
+
+/// Paging backwards is newest first and exclusive of the cursor; forwards is oldest first.
+async fn paging_both_ways(store: &dyn MessageStore) {
+    let batch = (0..10)
+        .map(|i| new_message("c3", "alice", &format!("p{i}")))
+        .collect();
+    let ids: Vec<u64> = store
+        .append(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().message.id)
+        .collect();
+    // Another chat's messages never show up.
+    store
+        .append(vec![new_message("c3x", "alice", "other")])
+        .await
+        .unwrap();
+
+    let newest = store.page_before("c3", None, 4).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![ids[9], ids[8], ids[7], ids[6]]
+    );
+    let older = store.page_before("c3", Some(ids[6]), 100).await.unwrap();
+    assert_eq!(older.len(), 6);
+    assert_eq!(older[0].id, ids[5]);
+    assert_eq!(older[5].id, ids[0]);
+
+    let first = store.page_after("c3", 0, 3).await.unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![ids[0], ids[1], ids[2]]
+    );
+    let rest = store.page_after("c3", ids[2], 100).await.unwrap();
+    assert_eq!(rest.len(), 7);
+    assert!(store.page_after("c3", ids[9], 10).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .get("c3", ids[4])
+            .await
+            .unwrap()
+            .unwrap()
+            .client_msg_id,
+        "p4"
+    );
+    assert_eq!(store.get("c3x", ids[4]).await.unwrap(), None);
+}
+
+/// Watermarks only rise; read raises delivered; `moved` says whether this call changed it.
+async fn receipts_are_monotone_watermarks(store: &dyn MessageStore) {
+    let (marks, moved) = store
+        .advance_receipt("c4", "bob", ReceiptKind::Delivered, 10)
+        .await
+        .unwrap();
+    assert!(moved);
+    assert_eq!((marks.delivered_up_to, marks.read_up_to), (10, 0));
+    let (_, moved) = store
+        .advance_receipt("c4", "bob", ReceiptKind::Delivered, 5)
+        .await
+        .unwrap();
+    assert!(!moved, "a lower watermark does not move it");
+    let (marks, moved) = store
+        .advance_receipt("c4", "bob", ReceiptKind::Read, 20)
+        .await
+        .unwrap();
+    assert!(moved);
+    assert_eq!((marks.delivered_up_to, marks.read_up_to), (20, 20));
+    store
+        .advance_receipt("c4", "carol", ReceiptKind::Delivered, 3)
+        .await
+        .unwrap();
+    store
+        .advance_receipt("c4x", "dave", ReceiptKind::Delivered, 3)
+        .await
+        .unwrap();
+    let mut all = store.receipts("c4").await.unwrap();
+    all.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[0].user_id.as_str(), all[0].marks.read_up_to),
+        ("bob", 20)
+    );
+    assert_eq!(
+        (all[1].user_id.as_str(), all[1].marks.delivered_up_to),
+        ("carol", 3)
+    );
+}
+
+fn chat(id: &str, members: &[&str], created_at: i64) -> Chat {
+    Chat {
+        id: id.into(),
+        kind: if members.len() == 2 {
+            ChatKind::Direct
+        } else {
+            ChatKind::Group
+        },
+        name: None,
+        members: members.iter().map(|m| m.to_string()).collect(),
+        admins: vec![],
+        created_at,
+    }
+}
+
+/// Creating an existing chat returns the stored one; members, listing and updates agree.
+async fn chat_directory_contract(chats: &dyn ChatDirectory) {
+    let (created, fresh) = chats
+        .create_chat(chat("dm:alice:bob", &["alice", "bob"], 1))
+        .await
+        .unwrap();
+    assert!(fresh);
+    let (again, fresh) = chats
+        .create_chat(chat("dm:alice:bob", &["alice", "bob"], 2))
+        .await
+        .unwrap();
+    assert!(!fresh);
+    assert_eq!(again, created);
+    chats
+        .create_chat(chat("g:1", &["alice", "carol", "dave"], 5))
+        .await
+        .unwrap();
+
+    assert!(chats.is_member("dm:alice:bob", "bob").await.unwrap());
+    assert!(!chats.is_member("dm:alice:bob", "carol").await.unwrap());
+    assert!(!chats.is_member("nope", "alice").await.unwrap());
+    let listed: Vec<String> = chats
+        .chats_of("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, vec!["g:1", "dm:alice:bob"], "newest first");
+
+    let members = vec!["alice".to_string(), "carol".into(), "dave".into()];
+    let updated = chats
+        .update_members(
+            "g:1",
+            &members,
+            vec!["alice".into(), "erin".into()],
+            vec!["alice".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.members, vec!["alice", "erin"]);
+    assert!(chats.chats_of("carol").await.unwrap().is_empty());
+    assert_eq!(chats.chats_of("erin").await.unwrap().len(), 1);
+    let stale = chats.update_members("g:1", &members, vec![], vec![]).await;
+    assert!(
+        stale.is_err(),
+        "an update from a stale member list is refused"
+    );
+}
+
+/// A heartbeat makes a user online until its TTL; the last disconnect makes them offline.
+async fn presence_contract(presence: &dyn PresenceStore) {
+    assert!(
+        presence.heartbeat("alice", 1, 60_000).await.unwrap(),
+        "first heartbeat: came online"
+    );
+    assert!(
+        !presence.heartbeat("alice", 2, 60_000).await.unwrap(),
+        "second device: already online"
+    );
+    assert!(
+        !presence.disconnect("alice", 1).await.unwrap(),
+        "another device is still connected"
+    );
+    assert!(
+        presence.disconnect("alice", 2).await.unwrap(),
+        "last device left"
+    );
+    let p = presence
+        .query(&["alice".into(), "nobody".into()])
+        .await
+        .unwrap();
+    assert!(!p[0].online && p[0].last_seen > 0);
+    assert!(!p[1].online && p[1].last_seen == 0);
+
+    presence.heartbeat("bob", 3, 150).await.unwrap();
+    assert!(presence.query(&["bob".into()]).await.unwrap()[0].online);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bob = &presence.query(&["bob".into()]).await.unwrap()[0];
+    assert!(!bob.online, "the lease expired");
+    assert!(bob.last_seen > 0);
+    assert!(
+        presence.heartbeat("bob", 3, 150).await.unwrap(),
+        "back online after expiry"
+    );
+}
+
+fn outbox() -> (Outbox, tokio::sync::mpsc::Receiver<Arc<str>>) {
+    let (frames, rx) = tokio::sync::mpsc::channel(8);
+    (
+        Outbox {
+            frames,
+            lagged: Default::default(),
+        },
+        rx,
+    )
+}
+
+/// Delivery reaches every connection of every listed user except the skipped one.
+async fn router_contract(router: &dyn Router) {
+    let (a1, mut a1_rx) = outbox();
+    let (a2, mut a2_rx) = outbox();
+    let (b1, mut b1_rx) = outbox();
+    router.register("alice", 1, a1).await;
+    router.register("alice", 2, a2).await;
+    router.register("bob", 3, b1).await;
+
+    let reached = router
+        .send_to_users(&["alice".into(), "bob".into()], "hi".into(), Some(1))
+        .await;
+    assert_eq!(reached, 2);
+    assert_eq!(&*a2_rx.recv().await.unwrap(), "hi");
+    assert_eq!(&*b1_rx.recv().await.unwrap(), "hi");
+    assert!(
+        a1_rx.try_recv().is_err(),
+        "the skipped connection gets nothing"
+    );
+
+    router.send_to_connection(1, "direct".into()).await;
+    assert_eq!(&*a1_rx.recv().await.unwrap(), "direct");
+
+    router.unregister("bob", 3).await;
+    assert_eq!(
+        router
+            .send_to_users(&["bob".into()], "gone".into(), None)
+            .await,
+        0
+    );
+}
+
+mod embedded {
+    use super::*;
+    use host_gateway::backend::embedded::{EmbeddedStore, InProcessPresence, InProcessRouter};
+    use host_gateway::ids::Snowflake;
+
+    fn store(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(&dir.path().join("db.redb"), Arc::new(Snowflake::new(0))).unwrap()
+    }
+
+    /// Message store contract on redb.
+    #[tokio::test]
+    async fn message_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        append_assigns_increasing_ids(&s).await;
+        append_is_idempotent(&s).await;
+        paging_both_ways(&s).await;
+        receipts_are_monotone_watermarks(&s).await;
+    }
+
+    /// Chat directory contract on redb.
+    #[tokio::test]
+    async fn chat_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        chat_directory_contract(&store(&dir)).await;
+    }
+
+    /// Presence contract in process.
+    #[tokio::test]
+    async fn presence() {
+        presence_contract(&InProcessPresence::default()).await;
+    }
+
+    /// Router contract in process.
+    #[tokio::test]
+    async fn router() {
+        router_contract(&InProcessRouter::default()).await;
+    }
+
+    /// Messages, the idempotency index and chat heads survive reopening the file:
+    /// new ids stay above old ones even when the clock is behind them.
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let s = store(&dir);
+            s.append(vec![new_message("c", "alice", "a")])
+                .await
+                .unwrap()
+                .remove(0)
+                .unwrap()
+                .message
+        };
+        let s = store(&dir);
+        assert_eq!(s.get("c", before.id).await.unwrap().as_ref(), Some(&before));
+        let again = s
+            .append(vec![new_message("c", "alice", "a")])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.message.id, before.id);
+        let next = s
+            .append(vec![new_message("c", "alice", "b")])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        assert!(next.message.id > before.id);
+    }
+}
