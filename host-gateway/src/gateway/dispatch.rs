@@ -151,50 +151,65 @@ fn internal_error(client_msg_id: Option<&str>, error: &InvokeError) -> String {
 
 async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mpsc::Receiver<Job>) {
     while let Some(batch) = next_batch(&mut rx).await {
-        let frames: Vec<InboundFrame> = batch.iter().map(|j| j.frame.clone()).collect();
+        let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = batch
+            .into_iter()
+            .map(|j| (j.frame, j.client_msg_id))
+            .unzip();
         match runtime.send(&frames).await {
-            Ok(stored) => fan_out(&runtime, &batch, stored).await,
-            Err(e) if batch.len() > 1 => {
+            Ok(stored) => fan_out(&runtime, &frames, &client_ids, stored).await,
+            Err(e) if frames.len() > 1 => {
                 // One bad frame must not fail its neighbours: retry each alone.
                 // Sends are idempotent by clientMsgId, so a retried message
                 // that was already stored is acked, not stored twice.
-                tracing::warn!(error = %e, frames = batch.len(), "send batch failed; retrying frames one by one");
-                for job in &batch {
-                    match runtime.send(std::slice::from_ref(&job.frame)).await {
-                        Ok(stored) => fan_out(&runtime, std::slice::from_ref(job), stored).await,
-                        Err(e) => fail(&*router, job, &e).await,
+                tracing::warn!(error = %e, frames = frames.len(), "send batch failed; retrying frames one by one");
+                for (i, frame) in frames.iter().enumerate() {
+                    let one = std::slice::from_ref(frame);
+                    let client_id = std::slice::from_ref(&client_ids[i]);
+                    match runtime.send(one).await {
+                        Ok(stored) => fan_out(&runtime, one, client_id, stored).await,
+                        Err(e) => fail(&*router, frame, client_ids[i].as_deref(), &e).await,
                     }
                 }
             }
-            Err(e) => fail(&*router, &batch[0], &e).await,
+            Err(e) => fail(&*router, &frames[0], client_ids[0].as_deref(), &e).await,
         }
     }
 }
 
-async fn fail(router: &dyn Router, job: &Job, error: &InvokeError) {
-    tracing::error!(error = %error, kind = %job.frame.kind, "component failed on a frame");
-    let frame = internal_error(job.client_msg_id.as_deref(), error);
+async fn fail(
+    router: &dyn Router,
+    frame: &InboundFrame,
+    client_msg_id: Option<&str>,
+    error: &InvokeError,
+) {
+    tracing::error!(error = %error, kind = %frame.kind, "component failed on a frame");
+    let reply = internal_error(client_msg_id, error);
     router
-        .send_to_connection(job.frame.connection, frame.into())
+        .send_to_connection(frame.connection, reply.into())
         .await;
 }
 
 /// Hands newly stored messages to the fanout component, each with the
 /// connection it came from (which already has it).
-async fn fan_out(runtime: &Runtime, batch: &[Job], stored: Vec<crate::runtime::bindings::Message>) {
+async fn fan_out(
+    runtime: &Runtime,
+    frames: &[InboundFrame],
+    client_ids: &[Option<String>],
+    stored: Vec<crate::runtime::bindings::Message>,
+) {
     if stored.is_empty() {
         return;
     }
     let items: Vec<Stored> = stored
         .into_iter()
         .map(|message| {
-            let origin = batch
+            let origin = frames
                 .iter()
-                .find(|j| {
-                    j.frame.user_id == message.sender_id
-                        && j.client_msg_id.as_deref() == Some(&message.client_msg_id)
+                .zip(client_ids)
+                .find(|(f, id)| {
+                    f.user_id == message.sender_id && id.as_deref() == Some(&message.client_msg_id)
                 })
-                .map(|j| j.frame.connection);
+                .map(|(f, _)| f.connection);
             Stored { message, origin }
         })
         .collect();
@@ -223,10 +238,11 @@ async fn presence_worker(
                             jobs.push(j);
                         }
                     }
-                    let frames: Vec<InboundFrame> = jobs.iter().map(|j| j.frame.clone()).collect();
+                    let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) =
+                        jobs.into_iter().map(|j| (j.frame, j.client_msg_id)).unzip();
                     if let Err(e) = runtime.presence_frames(&frames).await {
-                        for job in &jobs {
-                            fail(&*router, job, &e).await;
+                        for (frame, client_id) in frames.iter().zip(&client_ids) {
+                            fail(&*router, frame, client_id.as_deref(), &e).await;
                         }
                     }
                 }
