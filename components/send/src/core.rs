@@ -1,0 +1,753 @@
+//! The rules of the chat write path: `sendMessage`, `ack` (receipts) and
+//! `typing`, handled for a batch of frames in arrival order.
+//!
+//! Every valid `sendMessage` between two other frames is appended in one
+//! store call (one durable commit); its `sent` ack goes out only after the
+//! store said it is durable. A batch's `ack` or `typing` frame first flushes
+//! the sends queued before it, so effects keep the order of the frames.
+
+use std::collections::HashMap;
+
+use chat_core::frames;
+use chat_core::ids::parse_message_id;
+use chat_core::receipts::{Marks, Status};
+use serde_json::{Map, Value};
+
+/// A client frame, as the host hands it over.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub connection: u64,
+    pub user_id: String,
+    pub kind: String,
+    pub body: String,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub chat_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub content: String,
+    pub timestamp: i64,
+}
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub chat_id: String,
+    pub sender_id: String,
+    pub client_msg_id: String,
+    pub content: String,
+    pub timestamp: i64,
+}
+
+/// The store's answer to one append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// A backend failure, as the component sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    NotFound,
+    Conflict,
+    Unavailable,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatKind {
+    Direct,
+    Group,
+}
+
+/// What the write path needs to know of a chat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub kind: ChatKind,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+/// What the component needs from the host.
+pub trait Platform {
+    fn max_content_bytes(&self) -> u32;
+    fn get_chat(&self, chat: &str) -> Result<Option<ChatInfo>, StoreError>;
+    fn append(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>>;
+    fn get_message(&self, chat: &str, id: u64) -> Result<Option<Message>, StoreError>;
+    fn advance_receipt(
+        &self,
+        chat: &str,
+        user: &str,
+        kind: ReceiptKind,
+        up_to: u64,
+    ) -> Result<(Marks, bool), StoreError>;
+    fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreError>;
+    fn send_to_connection(&self, connection: u64, frame: &str);
+    fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>);
+}
+
+/// Why a frame was refused: the `error` frame's code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::new("invalid_frame", message)
+    }
+
+    fn not_member() -> Self {
+        Self::new(
+            "chat_not_found",
+            "no such chat, or you are not a member of it",
+        )
+    }
+
+    fn store(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable => Self::new("unavailable", "storage is unavailable; retry"),
+            _ => Self::new("internal", "the server could not handle this frame"),
+        }
+    }
+}
+
+/// A validated `sendMessage` waiting for the batch's append.
+struct PendingSend {
+    connection: u64,
+    message: NewMessage,
+}
+
+/// Handles a batch of frames; returns the messages it newly stored, for fan-out.
+pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Message> {
+    let mut batch = Batch {
+        platform,
+        chats: HashMap::new(),
+        pending: Vec::new(),
+        stored: Vec::new(),
+    };
+    for frame in frames {
+        batch.handle(frame);
+    }
+    batch.flush();
+    batch.stored
+}
+
+struct Batch<'p, P: Platform> {
+    platform: &'p P,
+    /// Chats looked up in this batch: a burst of sends to one chat reads it once.
+    chats: HashMap<String, Option<ChatInfo>>,
+    pending: Vec<PendingSend>,
+    stored: Vec<Message>,
+}
+
+fn object(body: &str) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_str(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(Refusal::new("bad_json", "frame is not a JSON object")),
+    }
+}
+
+fn string_field<'a>(frame: &'a Map<String, Value>, name: &str) -> Result<&'a str, Refusal> {
+    match frame.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(Refusal::invalid(format!("{name} must be a string"))),
+        None => Err(Refusal::invalid(format!("{name} is required"))),
+    }
+}
+
+fn chat_id_field(frame: &Map<String, Value>) -> Result<&str, Refusal> {
+    let chat = string_field(frame, "chatId")?;
+    if chat.is_empty() || chat.len() > 200 {
+        return Err(Refusal::invalid("chatId must be 1-200 characters"));
+    }
+    Ok(chat)
+}
+
+impl<P: Platform> Batch<'_, P> {
+    fn handle(&mut self, frame: Frame) {
+        let result = match frame.kind.as_str() {
+            "sendMessage" => self.send_message(&frame),
+            "ack" => {
+                self.flush();
+                self.receipt(&frame)
+            }
+            "typing" => {
+                self.flush();
+                self.typing(&frame)
+            }
+            other => Err((
+                Refusal::new("unknown_type", format!("unknown frame type {other:?}")),
+                None,
+            )),
+        };
+        if let Err((refusal, client_msg_id)) = result {
+            let reply = frames::error(refusal.code, &refusal.message, client_msg_id.as_deref());
+            self.platform.send_to_connection(frame.connection, &reply);
+        }
+    }
+
+    /// The chat, if `user` is a member of it.
+    fn chat_of_member(&mut self, chat: &str, user: &str) -> Result<ChatInfo, Refusal> {
+        if !self.chats.contains_key(chat) {
+            let info = self.platform.get_chat(chat).map_err(Refusal::store)?;
+            self.chats.insert(chat.to_owned(), info);
+        }
+        match self.chats.get(chat) {
+            Some(Some(info)) if info.members.iter().any(|m| m == user) => Ok(info.clone()),
+            _ => Err(Refusal::not_member()),
+        }
+    }
+
+    fn send_message(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
+        let body = object(&frame.body).map_err(|r| (r, None))?;
+        // Echo the client's id in any refusal, when it sent a usable one.
+        let client_msg_id = match body.get("clientMsgId") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let fail = |r: Refusal| (r, client_msg_id.clone());
+        let id = string_field(&body, "clientMsgId").map_err(fail)?;
+        if id.is_empty() || id.chars().count() > 64 {
+            return Err(fail(Refusal::invalid(
+                "clientMsgId must be 1-64 characters",
+            )));
+        }
+        let chat = chat_id_field(&body).map_err(fail)?;
+        let content = string_field(&body, "content").map_err(fail)?;
+        if content.is_empty() {
+            return Err(fail(Refusal::invalid("content must not be empty")));
+        }
+        let limit = self.platform.max_content_bytes();
+        if content.len() > limit as usize {
+            return Err(fail(Refusal::new(
+                "content_too_large",
+                format!("content is over {limit} bytes"),
+            )));
+        }
+        let timestamp = match body.get("timestamp") {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| fail(Refusal::invalid("timestamp must be an integer (ms)")))?,
+            Some(_) => return Err(fail(Refusal::invalid("timestamp must be an integer (ms)"))),
+            None => return Err(fail(Refusal::invalid("timestamp is required"))),
+        };
+        self.chat_of_member(chat, &frame.user_id).map_err(fail)?;
+        self.pending.push(PendingSend {
+            connection: frame.connection,
+            message: NewMessage {
+                chat_id: chat.to_owned(),
+                sender_id: frame.user_id.clone(),
+                client_msg_id: id.to_owned(),
+                content: content.to_owned(),
+                timestamp,
+            },
+        });
+        Ok(())
+    }
+
+    /// Appends the queued sends in one store call, then acks each.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let messages = pending.iter().map(|p| p.message.clone()).collect();
+        let results = self.platform.append(messages);
+        for (i, p) in pending.into_iter().enumerate() {
+            let client_msg_id = p.message.client_msg_id;
+            match results
+                .get(i)
+                .cloned()
+                .unwrap_or(Err(StoreError::Unavailable))
+            {
+                Ok(appended) => {
+                    let m = &appended.message;
+                    self.platform.send_to_connection(
+                        p.connection,
+                        &frames::sent_ack(m.id, &m.chat_id, &client_msg_id),
+                    );
+                    // A repeat was delivered when it was first stored.
+                    if !appended.duplicate {
+                        self.stored.push(appended.message);
+                    }
+                }
+                Err(e) => {
+                    let r = Refusal::store(e);
+                    let reply = frames::error(r.code, &r.message, Some(&client_msg_id));
+                    self.platform.send_to_connection(p.connection, &reply);
+                }
+            }
+        }
+    }
+
+    fn receipt(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
+        let body = object(&frame.body).map_err(|r| (r, None))?;
+        let fail = |r: Refusal| (r, None);
+        let chat = chat_id_field(&body).map_err(fail)?;
+        let id = string_field(&body, "messageId").map_err(fail)?;
+        let id = parse_message_id(id)
+            .ok_or_else(|| fail(Refusal::invalid("messageId must be a decimal string")))?;
+        let kind = match string_field(&body, "status").map_err(fail)? {
+            "delivered" => ReceiptKind::Delivered,
+            "read" => ReceiptKind::Read,
+            _ => {
+                return Err(fail(Refusal::invalid(
+                    "status must be \"delivered\" or \"read\"",
+                )));
+            }
+        };
+        let user = frame.user_id.as_str();
+        let info = self.chat_of_member(chat, user).map_err(fail)?;
+        let message = self
+            .platform
+            .get_message(chat, id)
+            .map_err(|e| fail(Refusal::store(e)))?
+            .ok_or_else(|| {
+                fail(Refusal::new(
+                    "message_not_found",
+                    "no such message in this chat",
+                ))
+            })?;
+        let (_, moved) = self
+            .platform
+            .advance_receipt(chat, user, kind, id)
+            .map_err(|e| fail(Refusal::store(e)))?;
+        if !moved {
+            return Ok(());
+        }
+        let status = match kind {
+            ReceiptKind::Delivered => Status::Delivered,
+            ReceiptKind::Read => Status::Read,
+        };
+        match info.kind {
+            ChatKind::Direct => {
+                // The peer learns how far this member has got.
+                let peers: Vec<String> = info
+                    .members
+                    .iter()
+                    .filter(|m| *m != user)
+                    .cloned()
+                    .collect();
+                let ack = frames::receipt_ack(id, chat, status.as_str(), Some(user));
+                self.platform.send_to_users(&peers, &ack, None);
+            }
+            ChatKind::Group => {
+                // The sender hears once, when the last member gets there.
+                if message.sender_id == user {
+                    return Ok(());
+                }
+                let marks: HashMap<String, Marks> = self
+                    .platform
+                    .receipts(chat)
+                    .map_err(|e| fail(Refusal::store(e)))?
+                    .into_iter()
+                    .collect();
+                let everyone = info
+                    .members
+                    .iter()
+                    .filter(|m| **m != message.sender_id)
+                    .all(|m| Status::of(marks.get(m).copied().unwrap_or_default(), id) >= status);
+                if everyone {
+                    let ack = frames::receipt_ack(id, chat, status.as_str(), None);
+                    self.platform.send_to_users(
+                        std::slice::from_ref(&message.sender_id),
+                        &ack,
+                        None,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn typing(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
+        let body = object(&frame.body).map_err(|r| (r, None))?;
+        let fail = |r: Refusal| (r, None);
+        let chat = chat_id_field(&body).map_err(fail)?;
+        let user = frame.user_id.as_str();
+        let info = self.chat_of_member(chat, user).map_err(fail)?;
+        let others: Vec<String> = info.members.into_iter().filter(|m| m != user).collect();
+        self.platform
+            .send_to_users(&others, &frames::typing(chat, user), None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// An in-memory platform that records what the component sent.
+    #[derive(Default)]
+    struct Fake {
+        chats: HashMap<String, ChatInfo>,
+        messages: RefCell<Vec<Message>>,
+        receipts: RefCell<HashMap<(String, String), Marks>>,
+        to_connections: RefCell<Vec<(u64, Value)>>,
+        to_users: RefCell<Vec<(Vec<String>, Value)>>,
+        appends: RefCell<usize>,
+        down: bool,
+    }
+
+    impl Fake {
+        fn with_chat(mut self, id: &str, kind: ChatKind, members: &[&str]) -> Self {
+            let members = members.iter().map(|m| m.to_string()).collect();
+            self.chats.insert(id.into(), ChatInfo { kind, members });
+            self
+        }
+
+        fn replies(&self) -> Vec<(u64, Value)> {
+            self.to_connections.borrow().clone()
+        }
+    }
+
+    impl Platform for Fake {
+        fn max_content_bytes(&self) -> u32 {
+            4096
+        }
+
+        fn get_chat(&self, chat: &str) -> Result<Option<ChatInfo>, StoreError> {
+            if self.down {
+                return Err(StoreError::Unavailable);
+            }
+            Ok(self.chats.get(chat).cloned())
+        }
+
+        fn append(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+            *self.appends.borrow_mut() += 1;
+            let mut messages = self.messages.borrow_mut();
+            batch
+                .into_iter()
+                .map(|m| {
+                    let existing = messages
+                        .iter()
+                        .find(|s| s.sender_id == m.sender_id && s.client_msg_id == m.client_msg_id);
+                    if let Some(existing) = existing {
+                        return Ok(Appended {
+                            message: existing.clone(),
+                            duplicate: true,
+                        });
+                    }
+                    let message = Message {
+                        id: messages.len() as u64 + 100,
+                        chat_id: m.chat_id,
+                        sender_id: m.sender_id,
+                        client_msg_id: m.client_msg_id,
+                        content: m.content,
+                        timestamp: m.timestamp,
+                    };
+                    messages.push(message.clone());
+                    Ok(Appended {
+                        message,
+                        duplicate: false,
+                    })
+                })
+                .collect()
+        }
+
+        fn get_message(&self, chat: &str, id: u64) -> Result<Option<Message>, StoreError> {
+            Ok(self
+                .messages
+                .borrow()
+                .iter()
+                .find(|m| m.chat_id == chat && m.id == id)
+                .cloned())
+        }
+
+        fn advance_receipt(
+            &self,
+            chat: &str,
+            user: &str,
+            kind: ReceiptKind,
+            up_to: u64,
+        ) -> Result<(Marks, bool), StoreError> {
+            let mut all = self.receipts.borrow_mut();
+            let marks = all.entry((chat.into(), user.into())).or_default();
+            let before = *marks;
+            if kind == ReceiptKind::Read {
+                marks.read_up_to = marks.read_up_to.max(up_to);
+            }
+            marks.delivered_up_to = marks.delivered_up_to.max(up_to);
+            let moved = match kind {
+                ReceiptKind::Read => marks.read_up_to != before.read_up_to,
+                ReceiptKind::Delivered => marks.delivered_up_to != before.delivered_up_to,
+            };
+            Ok((*marks, moved))
+        }
+
+        fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreError> {
+            let all = self.receipts.borrow();
+            Ok(all
+                .iter()
+                .filter(|((c, _), _)| c == chat)
+                .map(|((_, u), m)| (u.clone(), *m))
+                .collect())
+        }
+
+        fn send_to_connection(&self, connection: u64, frame: &str) {
+            self.to_connections
+                .borrow_mut()
+                .push((connection, serde_json::from_str(frame).unwrap()));
+        }
+
+        fn send_to_users(&self, users: &[String], frame: &str, _skip: Option<u64>) {
+            self.to_users
+                .borrow_mut()
+                .push((users.to_vec(), serde_json::from_str(frame).unwrap()));
+        }
+    }
+
+    fn frame(connection: u64, user: &str, body: Value) -> Frame {
+        Frame {
+            connection,
+            user_id: user.into(),
+            kind: body["type"].as_str().unwrap_or("").into(),
+            body: body.to_string(),
+        }
+    }
+
+    fn send(user: &str, chat: &str, client_id: &str, content: &str) -> Frame {
+        frame(
+            1,
+            user,
+            json!({"type":"sendMessage","chatId":chat,"content":content,"timestamp":5,"clientMsgId":client_id}),
+        )
+    }
+
+    fn direct() -> Fake {
+        Fake::default().with_chat("dm:alice:bob", ChatKind::Direct, &["alice", "bob"])
+    }
+
+    /// Valid sends of a batch are stored in one append and each acked `sent` with its id.
+    #[test]
+    fn sends_are_stored_in_one_append_and_acked() {
+        let p = direct();
+        let stored = handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                send("alice", "dm:alice:bob", "b", "yo"),
+            ],
+        );
+        assert_eq!(stored.len(), 2);
+        assert_eq!(*p.appends.borrow(), 1);
+        let replies = p.replies();
+        assert_eq!(
+            replies[0].1,
+            json!({"type":"ack","messageId":"100","chatId":"dm:alice:bob","clientMsgId":"a","status":"sent"})
+        );
+        assert_eq!(replies[1].1["messageId"], "101");
+    }
+
+    /// A resend with the same clientMsgId is acked with the same id and not fanned out again.
+    #[test]
+    fn resend_is_acked_with_same_id_and_not_returned() {
+        let p = direct();
+        handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+        let again = handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+        assert!(again.is_empty());
+        let replies = p.replies();
+        assert_eq!(replies[0].1["messageId"], replies[1].1["messageId"]);
+        assert_eq!(p.messages.borrow().len(), 1);
+    }
+
+    /// Non-members and unknown chats get chat_not_found, and nothing is stored.
+    #[test]
+    fn non_member_cannot_send() {
+        let p = direct();
+        let stored = handle_frames(
+            &p,
+            vec![
+                send("carol", "dm:alice:bob", "c", "hi"),
+                send("alice", "nope", "d", "x"),
+            ],
+        );
+        assert!(stored.is_empty());
+        for (_, reply) in p.replies() {
+            assert_eq!(reply["code"], "chat_not_found");
+        }
+        assert_eq!(p.replies()[0].1["clientMsgId"], "c");
+    }
+
+    /// Missing or mistyped fields are invalid_frame, echoing the clientMsgId; content over the limit is content_too_large.
+    #[test]
+    fn validates_fields() {
+        let p = direct();
+        let bad = [
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","timestamp":1,"clientMsgId":"x1"}),
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","content":"","timestamp":1,"clientMsgId":"x2"}),
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","content":"a","timestamp":"soon","clientMsgId":"x3"}),
+            json!({"type":"sendMessage","chatId":7,"content":"a","timestamp":1,"clientMsgId":"x4"}),
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","content":"a","timestamp":1}),
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","content":"a","timestamp":1.5,"clientMsgId":"x6"}),
+        ];
+        handle_frames(
+            &p,
+            bad.iter().map(|b| frame(1, "alice", b.clone())).collect(),
+        );
+        let codes: Vec<Value> = p.replies().iter().map(|(_, r)| r["code"].clone()).collect();
+        assert!(codes.iter().all(|c| c == "invalid_frame"), "{codes:?}");
+        assert_eq!(p.replies()[0].1["clientMsgId"], "x1");
+        assert!(p.replies()[4].1.get("clientMsgId").is_none());
+
+        let big = "x".repeat(4097);
+        handle_frames(&p, vec![send("alice", "dm:alice:bob", "big", &big)]);
+        assert_eq!(p.replies().last().unwrap().1["code"], "content_too_large");
+        assert!(p.messages.borrow().is_empty());
+    }
+
+    /// A 4096-byte content (the limit, counted in UTF-8 bytes) is accepted.
+    #[test]
+    fn content_at_the_limit_is_accepted() {
+        let p = direct();
+        let stored = handle_frames(
+            &p,
+            vec![send("alice", "dm:alice:bob", "e", &"é".repeat(2048))],
+        );
+        assert_eq!(stored.len(), 1);
+    }
+
+    /// A storage outage is reported as `unavailable`, never as a `sent` ack.
+    #[test]
+    fn outage_is_unavailable_not_sent() {
+        let p = Fake {
+            down: true,
+            ..direct()
+        };
+        let stored = handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+        assert!(stored.is_empty());
+        assert_eq!(p.replies()[0].1["code"], "unavailable");
+        assert_eq!(p.replies()[0].1["clientMsgId"], "a");
+    }
+
+    fn ack(user: &str, chat: &str, id: u64, status: &str) -> Frame {
+        frame(
+            2,
+            user,
+            json!({"type":"ack","chatId":chat,"messageId":id.to_string(),"status":status}),
+        )
+    }
+
+    /// In a direct chat the sender hears each watermark move, with who moved it; stale acks are silent.
+    #[test]
+    fn direct_receipts_notify_the_peer() {
+        let p = direct();
+        handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "1"),
+                send("alice", "dm:alice:bob", "b", "2"),
+            ],
+        );
+        handle_frames(
+            &p,
+            vec![
+                ack("bob", "dm:alice:bob", 101, "delivered"),
+                ack("bob", "dm:alice:bob", 101, "read"),
+            ],
+        );
+        handle_frames(&p, vec![ack("bob", "dm:alice:bob", 100, "read")]);
+        let sent = p.to_users.borrow().clone();
+        assert_eq!(sent.len(), 2, "the stale read of 100 notifies nobody");
+        assert_eq!(sent[0].0, vec!["alice"]);
+        assert_eq!(
+            sent[0].1,
+            json!({"type":"ack","messageId":"101","chatId":"dm:alice:bob","status":"delivered","userId":"bob"})
+        );
+        assert_eq!(sent[1].1["status"], "read");
+    }
+
+    /// Acking a message that is not in the chat is message_not_found; a bad status is invalid_frame.
+    #[test]
+    fn receipt_errors() {
+        let p = direct();
+        handle_frames(
+            &p,
+            vec![
+                ack("bob", "dm:alice:bob", 999, "read"),
+                ack("bob", "dm:alice:bob", 1, "seen"),
+            ],
+        );
+        let codes: Vec<Value> = p.replies().iter().map(|(_, r)| r["code"].clone()).collect();
+        assert_eq!(
+            codes,
+            vec![json!("message_not_found"), json!("invalid_frame")]
+        );
+    }
+
+    /// In a group the sender hears once, when the last other member has read.
+    #[test]
+    fn group_receipts_aggregate() {
+        let p = Fake::default().with_chat("g:1", ChatKind::Group, &["alice", "bob", "carol"]);
+        handle_frames(&p, vec![send("alice", "g:1", "a", "hi")]);
+        handle_frames(&p, vec![ack("bob", "g:1", 100, "read")]);
+        assert!(p.to_users.borrow().is_empty(), "carol has not read yet");
+        handle_frames(&p, vec![ack("carol", "g:1", 100, "read")]);
+        let sent = p.to_users.borrow().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, vec!["alice"]);
+        assert_eq!(
+            sent[0].1,
+            json!({"type":"ack","messageId":"100","chatId":"g:1","status":"read"})
+        );
+    }
+
+    /// Typing goes to the other members only, and a non-member's typing goes nowhere.
+    #[test]
+    fn typing_is_relayed_to_others() {
+        let p = Fake::default().with_chat("g:1", ChatKind::Group, &["alice", "bob", "carol"]);
+        handle_frames(
+            &p,
+            vec![frame(1, "alice", json!({"type":"typing","chatId":"g:1"}))],
+        );
+        handle_frames(
+            &p,
+            vec![frame(1, "mallory", json!({"type":"typing","chatId":"g:1"}))],
+        );
+        let sent = p.to_users.borrow().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, vec!["bob", "carol"]);
+        assert_eq!(
+            sent[0].1,
+            json!({"type":"typing","chatId":"g:1","userId":"alice"})
+        );
+        assert_eq!(p.replies()[0].1["code"], "chat_not_found");
+    }
+
+    /// An ack after a send in the same batch sees the stored message (sends are flushed first).
+    #[test]
+    fn batch_keeps_frame_order() {
+        let p = direct();
+        handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                ack("bob", "dm:alice:bob", 100, "delivered"),
+            ],
+        );
+        assert_eq!(p.to_users.borrow().len(), 1);
+    }
+}
