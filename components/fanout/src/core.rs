@@ -1,0 +1,121 @@
+//! Fan-out: one delivery call per message, addressed to every member of the
+//! chat at delivery time, every device included. The sender is a recipient
+//! too (their other devices need the message); only the connection it came
+//! from is skipped, since it already has it through its `sent` ack.
+
+use std::collections::HashMap;
+
+use chat_core::frames::{self, MessageView};
+
+/// A stored message to deliver, and the connection it came from.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: u64,
+    pub chat_id: String,
+    pub sender_id: String,
+    pub content: String,
+    pub timestamp: i64,
+    pub origin: Option<u64>,
+}
+
+/// What fan-out needs from the host.
+pub trait Platform {
+    /// Current members of a chat; `None` if it does not exist or cannot be read.
+    fn members(&self, chat: &str) -> Option<Vec<String>>;
+    fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>);
+}
+
+/// Delivers each message; a chat's members are read once per batch.
+pub fn fanout(platform: &impl Platform, messages: Vec<Stored>) {
+    let mut members: HashMap<String, Option<Vec<String>>> = HashMap::new();
+    for m in messages {
+        let recipients = members
+            .entry(m.chat_id.clone())
+            .or_insert_with(|| platform.members(&m.chat_id));
+        // A chat we cannot read now: its members catch up from the store.
+        let Some(recipients) = recipients else {
+            continue;
+        };
+        let view = MessageView {
+            id: m.id,
+            chat_id: &m.chat_id,
+            sender_id: &m.sender_id,
+            content: &m.content,
+            timestamp: m.timestamp,
+        };
+        platform.send_to_users(recipients, &frames::receive_message(&view), m.origin);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        chats: HashMap<String, Vec<String>>,
+        lookups: RefCell<usize>,
+        sent: RefCell<Vec<(Vec<String>, serde_json::Value, Option<u64>)>>,
+    }
+
+    impl Platform for Fake {
+        fn members(&self, chat: &str) -> Option<Vec<String>> {
+            *self.lookups.borrow_mut() += 1;
+            self.chats.get(chat).cloned()
+        }
+
+        fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>) {
+            self.sent.borrow_mut().push((
+                users.to_vec(),
+                serde_json::from_str(frame).unwrap(),
+                skip,
+            ));
+        }
+    }
+
+    fn stored(id: u64, chat: &str) -> Stored {
+        Stored {
+            id,
+            chat_id: chat.into(),
+            sender_id: "alice".into(),
+            content: "hi".into(),
+            timestamp: 7,
+            origin: Some(3),
+        }
+    }
+
+    /// Each message goes to all members (sender included) in one call, skipping the origin connection.
+    #[test]
+    fn delivers_to_every_member_once() {
+        let mut p = Fake::default();
+        p.chats.insert(
+            "g:1".into(),
+            vec!["alice".into(), "bob".into(), "carol".into()],
+        );
+        fanout(&p, vec![stored(10, "g:1"), stored(11, "g:1")]);
+        let sent = p.sent.borrow();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].0, vec!["alice", "bob", "carol"]);
+        assert_eq!(sent[0].2, Some(3));
+        assert_eq!(
+            sent[0].1,
+            serde_json::json!({"type":"receiveMessage","messageId":"10","chatId":"g:1","senderId":"alice","content":"hi","timestamp":7})
+        );
+        assert_eq!(
+            *p.lookups.borrow(),
+            1,
+            "members are read once per chat per batch"
+        );
+    }
+
+    /// A message of an unreadable chat is skipped without failing the others.
+    #[test]
+    fn unknown_chat_is_skipped() {
+        let mut p = Fake::default();
+        p.chats.insert("g:1".into(), vec!["bob".into()]);
+        fanout(&p, vec![stored(1, "gone"), stored(2, "g:1")]);
+        assert_eq!(p.sent.borrow().len(), 1);
+    }
+}
