@@ -79,18 +79,30 @@ mod tests {
     #[test]
     fn error_frame_shape() {
         let with = parse(&error("bad_json", "nope", Some("c1")));
-        assert_eq!(with, json!({"type":"error","code":"bad_json","message":"nope","clientMsgId":"c1"}));
+        assert_eq!(
+            with,
+            json!({"type":"error","code":"bad_json","message":"nope","clientMsgId":"c1"})
+        );
         assert!(parse(&error("x", "y", None)).get("clientMsgId").is_none());
     }
 
     /// Message ids go out as decimal strings, timestamps as numbers.
     #[test]
     fn ids_are_strings_on_the_wire() {
-        let m = MessageView { id: u64::MAX, chat_id: "c", sender_id: "a", content: "hi", timestamp: 5 };
+        let m = MessageView {
+            id: u64::MAX,
+            chat_id: "c",
+            sender_id: "a",
+            content: "hi",
+            timestamp: 5,
+        };
         let frame = parse(&receive_message(&m));
         assert_eq!(frame["messageId"], "18446744073709551615");
         assert_eq!(frame["timestamp"], 5);
         assert_eq!(parse(&sent_ack(7, "c", "x"))["messageId"], "7");
-        assert_eq!(parse(&receipt_ack(7, "c", "read", Some("bob")))["userId"], "bob");
+        assert_eq!(
+            parse(&receipt_ack(7, "c", "read", Some("bob")))["userId"],
+            "bob"
+        );
     }
 }

@@ -4,12 +4,17 @@
 //! and the components stay thin.
 
 pub mod frames;
+pub mod http;
 pub mod ids;
 pub mod receipts;
 
 /// User ids are 1-64 of `[A-Za-z0-9_.-]`: safe inside chat ids (`dm:a:b`) and paths.
 pub fn valid_user_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// The id of the direct chat between two users: the same whichever of them asks.

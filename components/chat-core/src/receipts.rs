@@ -43,7 +43,11 @@ impl Status {
 /// the other members. `others` yields the watermarks of every member except
 /// the sender (a member with no receipt yet counts as `Marks::default()`).
 pub fn aggregate(others: impl IntoIterator<Item = Marks>, id: u64) -> Status {
-    others.into_iter().map(|m| Status::of(m, id)).min().unwrap_or(Status::Sent)
+    others
+        .into_iter()
+        .map(|m| Status::of(m, id))
+        .min()
+        .unwrap_or(Status::Sent)
 }
 
 #[cfg(test)]
@@ -51,7 +55,10 @@ mod tests {
     use super::*;
 
     const fn marks(delivered_up_to: u64, read_up_to: u64) -> Marks {
-        Marks { delivered_up_to, read_up_to }
+        Marks {
+            delivered_up_to,
+            read_up_to,
+        }
     }
 
     /// A watermark covers every message at or below it.
@@ -65,7 +72,10 @@ mod tests {
     /// The sender sees the slowest member; with nobody else the message is just sent.
     #[test]
     fn aggregate_is_the_minimum() {
-        assert_eq!(aggregate([marks(10, 10), marks(10, 3)], 5), Status::Delivered);
+        assert_eq!(
+            aggregate([marks(10, 10), marks(10, 3)], 5),
+            Status::Delivered
+        );
         assert_eq!(aggregate([marks(10, 10), marks(0, 0)], 5), Status::Sent);
         assert_eq!(aggregate([marks(10, 10), marks(9, 9)], 5), Status::Read);
         assert_eq!(aggregate([], 5), Status::Sent);
