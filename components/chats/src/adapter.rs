@@ -1,0 +1,103 @@
+//! Binds `core` to spin-sdk's request type and the `chat:platform` imports.
+
+use chat_core::http::USER_HEADER;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+
+use crate::core::{self, Chat, ChatKind, Unavailable};
+
+wit_bindgen::generate!({ path: "../../wit", world: "http-platform" });
+
+use chat::platform::{config, ids, membership, types};
+
+struct Host;
+
+fn from_wit(c: types::Chat) -> Chat {
+    Chat {
+        id: c.id,
+        kind: match c.kind {
+            types::ChatKind::Direct => ChatKind::Direct,
+            types::ChatKind::Group => ChatKind::Group,
+        },
+        name: c.name,
+        members: c.members,
+        admins: c.admins,
+        created_at: c.created_at,
+    }
+}
+
+fn to_wit(c: Chat) -> types::Chat {
+    types::Chat {
+        id: c.id,
+        kind: match c.kind {
+            ChatKind::Direct => types::ChatKind::Direct,
+            ChatKind::Group => types::ChatKind::Group,
+        },
+        name: c.name,
+        members: c.members,
+        admins: c.admins,
+        created_at: c.created_at,
+    }
+}
+
+impl core::Platform for Host {
+    fn max_group_members(&self) -> u32 {
+        config::current().max_group_members
+    }
+
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
+    fn next_id(&self) -> u64 {
+        ids::next_id()
+    }
+
+    fn get_chat(&self, id: &str) -> Result<Option<Chat>, Unavailable> {
+        membership::get_chat(id)
+            .map(|c| c.map(from_wit))
+            .map_err(|_| Unavailable)
+    }
+
+    fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), Unavailable> {
+        let (chat, created) = membership::create_chat(&to_wit(chat)).map_err(|_| Unavailable)?;
+        Ok((from_wit(chat), created))
+    }
+
+    fn chats_of(&self, user: &str) -> Result<Vec<Chat>, Unavailable> {
+        membership::chats_of(user)
+            .map(|cs| cs.into_iter().map(from_wit).collect())
+            .map_err(|_| Unavailable)
+    }
+}
+
+fn method_name(method: &Method) -> &str {
+    match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Delete => "DELETE",
+        Method::Patch => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+#[http_component]
+fn handle(request: Request) -> Response {
+    let user = request.header(USER_HEADER).and_then(|v| v.as_str());
+    let core_request = core::Request {
+        method: method_name(request.method()),
+        path: request.path(),
+        body: request.body(),
+        user,
+    };
+    let reply = core::handle(&Host, &core_request);
+    Response::builder()
+        .status(reply.status)
+        .header("content-type", "application/json")
+        .body(reply.body.to_string())
+        .build()
+}
