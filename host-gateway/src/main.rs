@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve(Config),
     /// Print a token for a user, signed with the configured (or kept) secret.
     Token {
         /// The user id the token is for.
@@ -28,6 +28,8 @@ enum Command {
         /// Validity in seconds.
         #[arg(long, default_value_t = 24 * 3600)]
         ttl_secs: u64,
+        #[command(flatten)]
+        config: Config,
     },
 }
 
@@ -41,9 +43,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let config = cli.serve;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Token { user, ttl_secs } => {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Token { user, ttl_secs, config } => {
             let secret =
                 auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
             println!(
@@ -52,7 +53,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve => {
+        Command::Serve(config) => {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("binding {}", config.listen))?;
