@@ -23,6 +23,9 @@ cargo build --workspace --all-targets --locked
 
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The components' Wasm shells compile only for the wasm target.
+cargo clippy --locked --target wasm32-wasip2 --target-dir target/components \
+  -p send -p fanout -p presence -p history -p chats -- -D warnings
 
 log "tests"
 export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"

@@ -4,6 +4,7 @@
 //!
 //! Uses the `faulty-send` guest (tests/guests/faulty-send) in place of the
 //! real `send` component.
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::process::Command;

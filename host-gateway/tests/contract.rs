@@ -4,6 +4,7 @@
 //! Each `*_contract` function takes a fresh backend; the `embedded` module
 //! at the bottom instantiates them for the embedded backend (Redis and
 //! Cassandra implementations join here).
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -53,11 +53,14 @@ mod tests {
 
     use super::*;
 
+    /// One recorded delivery: recipients, frame, skipped connection.
+    type Delivery = (Vec<String>, serde_json::Value, Option<u64>);
+
     #[derive(Default)]
     struct Fake {
         chats: HashMap<String, Vec<String>>,
         lookups: RefCell<usize>,
-        sent: RefCell<Vec<(Vec<String>, serde_json::Value, Option<u64>)>>,
+        sent: RefCell<Vec<Delivery>>,
     }
 
     impl Platform for Fake {

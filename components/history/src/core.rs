@@ -160,10 +160,8 @@ fn messages_page(
         })
         .collect();
     let mut body = json!({ "messages": items });
-    if more {
-        if let Some(last) = messages.last() {
-            body["nextCursor"] = Value::from(last.id.to_string());
-        }
+    if more && let Some(last) = messages.last() {
+        body["nextCursor"] = Value::from(last.id.to_string());
     }
     Ok(Reply::ok(body))
 }

@@ -62,10 +62,10 @@ impl Router for InProcessRouter {
                 if Some(*conn) == skip {
                     continue;
                 }
-                if let Some(outbox) = reg.outboxes.get(conn) {
-                    if outbox.push(frame.clone()) {
-                        reached += 1;
-                    }
+                if let Some(outbox) = reg.outboxes.get(conn)
+                    && outbox.push(frame.clone())
+                {
+                    reached += 1;
                 }
             }
         }
