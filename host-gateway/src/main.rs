@@ -44,7 +44,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Token { user, ttl_secs, config } => {
+        Command::Token {
+            user,
+            ttl_secs,
+            config,
+        } => {
             let secret =
                 auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
             println!(
