@@ -40,6 +40,10 @@ pub struct App {
     node_id: u16,
     pub max_frame_bytes: usize,
     pub heartbeat_interval: Duration,
+    /// Flips to true when the server shuts down: connections then close
+    /// with 1001 so clients reconnect elsewhere.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
+    shutdown_trigger: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -72,6 +76,7 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
     };
     let source = Runtime::source(config.components_dir.as_deref());
     let runtime = Arc::new(Runtime::new(&source, shared, limits).context("loading components")?);
+    let (shutdown_trigger, shutting_down) = tokio::sync::watch::channel(false);
     let dispatcher = Dispatcher::start(
         runtime.clone(),
         backends.router.clone(),
@@ -86,6 +91,8 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         node_id: config.node_id,
         max_frame_bytes: config.max_frame_bytes,
         heartbeat_interval: Duration::from_secs(config.heartbeat_interval_secs.max(1)),
+        shutting_down,
+        shutdown_trigger,
     }))
 }
 
@@ -114,6 +121,12 @@ pub async fn run(
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "switchboard ready");
     // The one line on stdout: scripts and tests read the bound port from it.
     println!("switchboard listening on http://{addr}");
+    let closer = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing connections");
+        let _ = closer.shutdown_trigger.send(true);
+    };
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown)
         .await

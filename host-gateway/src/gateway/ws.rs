@@ -128,6 +128,7 @@ async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let expiry = tokio::time::sleep(until_expiry(&identity));
     tokio::pin!(expiry);
+    let mut shutting_down = app.shutting_down.clone();
     let mut ping = tokio::time::interval(app.heartbeat_interval);
     ping.reset();
 
@@ -171,6 +172,10 @@ async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
                 break Some(close(close_code::AGAIN, "too slow to read; reconnect and catch up"));
             }
             _ = &mut expiry => break Some(close(close_code::POLICY, "token expired")),
+            // The only value ever sent is `true`.
+            _ = shutting_down.changed() => {
+                break Some(close(close_code::AWAY, "server shutting down; reconnect"));
+            }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     break None;
