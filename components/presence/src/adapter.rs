@@ -1,11 +1,18 @@
-//! Binds `core` to the `chat:platform` WIT imports and exports `presence-handler`.
+//! Binds `core` to the `chat:platform` imports, exports `presence-handler`,
+//! and serves presence queries through spin-sdk's `wasi:http` export.
 
-use crate::core::{self, Unavailable};
+use std::collections::HashSet;
+
+use chat_core::http::USER_HEADER;
+use spin_sdk::http::{Method, Request, Response};
+use spin_sdk::http_component;
+
+use crate::core::{self, Presence, Unavailable};
 
 wit_bindgen::generate!({ path: "../../wit", world: "presence-component" });
 
 use chat::platform::frames::InboundFrame;
-use chat::platform::{config, delivery, presence_store};
+use chat::platform::{config, delivery, membership, presence_store};
 use exports::chat::platform::presence_handler::{ConnectionEvent, Guest, Lifecycle};
 
 struct Host;
@@ -15,12 +22,46 @@ impl core::Platform for Host {
         config::current().presence_ttl_ms
     }
 
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    }
+
     fn heartbeat(&self, user: &str, connection: u64, ttl_ms: u64) -> Result<bool, Unavailable> {
         presence_store::heartbeat(user, connection, ttl_ms).map_err(|_| Unavailable)
     }
 
     fn disconnect(&self, user: &str, connection: u64) -> Result<bool, Unavailable> {
         presence_store::disconnect(user, connection).map_err(|_| Unavailable)
+    }
+
+    fn query(&self, users: &[String]) -> Result<Vec<Presence>, Unavailable> {
+        let found = presence_store::query(users).map_err(|_| Unavailable)?;
+        Ok(found
+            .into_iter()
+            .map(|p| Presence {
+                user_id: p.user_id,
+                online: p.online,
+                last_seen: p.last_seen,
+            })
+            .collect())
+    }
+
+    fn contacts(&self, user: &str) -> Result<HashSet<String>, Unavailable> {
+        let chats = membership::chats_of(user).map_err(|_| Unavailable)?;
+        let mut contacts: HashSet<String> = chats.into_iter().flat_map(|c| c.members).collect();
+        contacts.insert(user.to_owned());
+        Ok(contacts)
+    }
+
+    fn watch(&self, connection: u64, users: &[String]) {
+        delivery::watch_presence(connection, users);
+    }
+
+    fn send_to_watchers(&self, user: &str, frame: &str) {
+        delivery::send_to_watchers(user, frame);
     }
 
     fn send_to_connection(&self, connection: u64, frame: &str) {
@@ -55,10 +96,39 @@ impl Guest for Component {
                 connection: f.connection,
                 user_id: f.user_id,
                 kind: f.kind,
+                body: f.body,
             })
             .collect();
         core::handle_frames(&Host, frames);
     }
+
+    fn handle_expired(users: Vec<presence_store::Presence>) {
+        let users = users
+            .into_iter()
+            .map(|p| Presence {
+                user_id: p.user_id,
+                online: p.online,
+                last_seen: p.last_seen,
+            })
+            .collect();
+        core::handle_expired(&Host, users);
+    }
 }
 
 export!(Component);
+
+#[http_component]
+fn handle(request: Request) -> Response {
+    let user = request.header(USER_HEADER).and_then(|v| v.as_str());
+    let method = if matches!(request.method(), Method::Get) {
+        "GET"
+    } else {
+        "OTHER"
+    };
+    let reply = core::handle_http(&Host, method, request.path(), user);
+    Response::builder()
+        .status(reply.status)
+        .header("content-type", "application/json")
+        .body(reply.body.to_string())
+        .build()
+}

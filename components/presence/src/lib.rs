@@ -1,7 +1,9 @@
-//! The `presence` component: who is online, from connections and heartbeats.
+//! The `presence` component: who is online, from connections and heartbeats,
+//! and who is told.
 //!
-//! `core` holds the rules and is tested natively; `adapter` binds it to the
-//! `chat:platform` WIT imports.
+//! It exports `presence-handler` (socket events, expiries) and, through
+//! spin-sdk, a `wasi:http` handler for `GET /api/v1/users/{id}/presence`.
+//! `core` holds the rules and is tested natively; `adapter` binds it.
 
 pub mod core;
 

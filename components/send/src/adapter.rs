@@ -8,7 +8,7 @@ use crate::core::{
 
 wit_bindgen::generate!({ path: "../../wit", world: "send-component" });
 
-use chat::platform::{config, delivery, membership, message_store, types};
+use chat::platform::{config, delivery, membership, message_store, presence_store, types};
 use exports::chat::platform::send_handler::Guest;
 
 struct Host;
@@ -104,6 +104,10 @@ impl core::Platform for Host {
     fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreError> {
         let all = message_store::receipts(chat).map_err(store_error)?;
         Ok(all.iter().map(|r| (r.user_id.clone(), marks(r))).collect())
+    }
+
+    fn throttle(&self, key: &str, window_ms: u64) -> Result<bool, StoreError> {
+        presence_store::throttle(key, window_ms).map_err(store_error)
     }
 
     fn send_to_connection(&self, connection: u64, frame: &str) {

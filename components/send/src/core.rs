@@ -92,9 +92,15 @@ pub trait Platform {
         up_to: u64,
     ) -> Result<(Marks, bool), StoreError>;
     fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreError>;
+    /// True (and marks `key` for `window_ms`) unless `key` is marked.
+    fn throttle(&self, key: &str, window_ms: u64) -> Result<bool, StoreError>;
     fn send_to_connection(&self, connection: u64, frame: &str);
     fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>);
 }
+
+/// A member's typing is relayed at most once per this window per chat;
+/// clients repeat `typing` while the user types, and the rest are dropped.
+pub const TYPING_WINDOW_MS: u64 = 2_000;
 
 /// Why a frame was refused: the `error` frame's code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -385,6 +391,11 @@ impl<P: Platform> Batch<'_, P> {
         let chat = chat_id_field(&body).map_err(fail)?;
         let user = frame.user_id.as_str();
         let info = self.chat_of_member(chat, user).map_err(fail)?;
+        let key = format!("typing\u{0}{chat}\u{0}{user}");
+        // Throttled (or the limiter is down): nothing to relay; typing is best effort.
+        if self.platform.throttle(&key, TYPING_WINDOW_MS) != Ok(true) {
+            return Ok(());
+        }
         let others: Vec<String> = info.members.into_iter().filter(|m| m != user).collect();
         self.platform
             .send_to_users(&others, &frames::typing(chat, user), None);
@@ -409,6 +420,7 @@ mod tests {
         to_connections: RefCell<Vec<(u64, Value)>>,
         to_users: RefCell<Vec<(Vec<String>, Value)>>,
         appends: RefCell<usize>,
+        marks: RefCell<Vec<String>>,
         down: bool,
     }
 
@@ -505,6 +517,15 @@ mod tests {
                 .filter(|((c, _), _)| c == chat)
                 .map(|((_, u), m)| (u.clone(), *m))
                 .collect())
+        }
+
+        fn throttle(&self, key: &str, _window_ms: u64) -> Result<bool, StoreError> {
+            let mut marks = self.marks.borrow_mut();
+            if marks.iter().any(|k| k == key) {
+                return Ok(false);
+            }
+            marks.push(key.to_owned());
+            Ok(true)
         }
 
         fn send_to_connection(&self, connection: u64, frame: &str) {
@@ -735,6 +756,26 @@ mod tests {
             json!({"type":"typing","chatId":"g:1","userId":"alice"})
         );
         assert_eq!(p.replies()[0].1["code"], "chat_not_found");
+    }
+
+    /// Repeated typing within the window is relayed once; another chat or member is separate.
+    #[test]
+    fn typing_is_throttled_per_member_and_chat() {
+        let p = Fake::default()
+            .with_chat("g:1", ChatKind::Group, &["alice", "bob"])
+            .with_chat("g:2", ChatKind::Group, &["alice", "bob"]);
+        let typing =
+            |user: &str, chat: &str| frame(1, user, json!({"type":"typing","chatId":chat}));
+        handle_frames(
+            &p,
+            vec![
+                typing("alice", "g:1"),
+                typing("alice", "g:1"),
+                typing("alice", "g:2"),
+                typing("bob", "g:1"),
+            ],
+        );
+        assert_eq!(p.to_users.borrow().len(), 3);
     }
 
     /// An ack after a send in the same batch sees the stored message (sends are flushed first).

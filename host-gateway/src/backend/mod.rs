@@ -191,6 +191,13 @@ pub trait PresenceStore: Send + Sync + 'static {
 
     /// Presence of each user, in order.
     async fn query(&self, users: &[String]) -> StoreResult<Vec<Presence>>;
+
+    /// Users whose last lease expired (no disconnect) since the previous
+    /// call, each reported once, with their last heartbeat as `last_seen`.
+    async fn take_expired(&self) -> StoreResult<Vec<Presence>>;
+
+    /// Marks `key` for `window_ms` unless it is marked: true if it was not.
+    async fn throttle(&self, key: &str, window_ms: u64) -> StoreResult<bool>;
 }
 
 /// A frame on its way to a client socket. Shared, because one group message
@@ -217,6 +224,12 @@ pub trait Router: Send + Sync + 'static {
         frame: Frame,
         skip: Option<ConnectionId>,
     ) -> u32;
+
+    /// Subscribes a connection to presence changes of `users`; ends with the connection.
+    async fn watch_presence(&self, connection: ConnectionId, users: &[String]);
+
+    /// Sends to every connection watching `user`; returns how many it reached.
+    async fn send_to_watchers(&self, user: &str, frame: Frame) -> u32;
 }
 
 /// The sending side of one connection's outbound queue.

@@ -82,6 +82,11 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         backends.router.clone(),
         config.dispatch_lanes.max(1),
     );
+    tokio::spawn(sweep_expired_presence(
+        runtime.clone(),
+        backends.clone(),
+        Duration::from_millis((config.presence_ttl_secs * 1000 / 4).clamp(50, 1000)),
+    ));
     Ok(Arc::new(App {
         auth: Authenticator::new(&secret),
         runtime,
@@ -94,6 +99,36 @@ pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
         shutting_down,
         shutdown_trigger,
     }))
+}
+
+/// Finds users whose heartbeats stopped and hands them to the presence
+/// component, which tells their watchers. The store keeps the TTLs; this
+/// only asks it, `period` apart.
+async fn sweep_expired_presence(runtime: Arc<Runtime>, backends: Backends, period: Duration) {
+    use crate::runtime::bindings::platform::chat::platform::presence_store::Presence;
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let expired = match backends.presence.take_expired().await {
+            Ok(expired) if !expired.is_empty() => expired,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence expiry sweep failed");
+                continue;
+            }
+        };
+        let users: Vec<Presence> = expired
+            .into_iter()
+            .map(|p| Presence {
+                user_id: p.user_id,
+                online: p.online,
+                last_seen: p.last_seen,
+            })
+            .collect();
+        if let Err(e) = runtime.presence_expired(&users).await {
+            tracing::error!(error = %e, users = users.len(), "presence expiry handling failed");
+        }
+    }
 }
 
 /// The HTTP routes.

@@ -306,6 +306,15 @@ impl presence_store::Host for HostState {
             })
             .map_err(Into::into)
     }
+
+    async fn throttle(&mut self, key: String, window_ms: u64) -> Result<bool, types::StoreError> {
+        wit(self
+            .shared
+            .backends
+            .presence
+            .throttle(&key, window_ms)
+            .await)
+    }
 }
 
 impl delivery::Host for HostState {
@@ -325,6 +334,25 @@ impl delivery::Host for HostState {
             .backends
             .router
             .send_to_users(&users, frame.into(), skip)
+            .await;
+        crate::metrics::frames_out(u64::from(reached));
+        reached
+    }
+
+    async fn watch_presence(&mut self, connection: u64, users: Vec<String>) {
+        self.shared
+            .backends
+            .router
+            .watch_presence(connection, &users)
+            .await;
+    }
+
+    async fn send_to_watchers(&mut self, user: String, frame: String) -> u32 {
+        let reached = self
+            .shared
+            .backends
+            .router
+            .send_to_watchers(&user, frame.into())
             .await;
         crate::metrics::frames_out(u64::from(reached));
         reached

@@ -115,6 +115,8 @@ impl ComponentSource {
 pub enum HttpComponent {
     History,
     Chats,
+    /// The presence component's HTTP side (presence queries).
+    Presence,
 }
 
 impl HttpComponent {
@@ -122,6 +124,7 @@ impl HttpComponent {
         match self {
             Self::History => "history",
             Self::Chats => "chats",
+            Self::Presence => "presence",
         }
     }
 }
@@ -135,6 +138,7 @@ pub struct Runtime {
     presence: PresencePre<HostState>,
     history: ProxyPre<HostState>,
     chats: ProxyPre<HostState>,
+    presence_http: ProxyPre<HostState>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -187,28 +191,36 @@ impl Runtime {
             |s| s,
         )?;
 
-        // Compiled, linked and checked against the world it must export.
-        let pre = |name: &str| -> anyhow::Result<_> {
+        // Compiled once, linked, and checked against the world it must export.
+        let compile = |name: &str| -> anyhow::Result<Component> {
             let bytes = source.load(name)?;
-            let component = Component::new(&engine, &bytes)
+            Component::new(&engine, &bytes)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("compiling component {name}"))?;
+                .with_context(|| format!("compiling component {name}"))
+        };
+        let link = |component: &Component, name: &str| -> anyhow::Result<_> {
             linker
-                .instantiate_pre(&component)
+                .instantiate_pre(component)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("linking component {name}"))
         };
+        let pre = |name: &str| link(&compile(name)?, name);
         let exports = |name: &'static str| {
             move |e: wasmtime::Error| {
                 anyhow::Error::from(e).context(format!("component {name} lacks its export"))
             }
         };
+        let presence = compile("presence")?;
         Ok(Self {
             shared,
             limits,
             send: SendPre::new(pre("send")?).map_err(exports("send"))?,
             fanout: FanoutPre::new(pre("fanout")?).map_err(exports("fanout"))?,
-            presence: PresencePre::new(pre("presence")?).map_err(exports("presence"))?,
+            presence: PresencePre::new(link(&presence, "presence")?)
+                .map_err(exports("presence"))?,
+            // The same component also serves presence queries over HTTP.
+            presence_http: ProxyPre::new(link(&presence, "presence")?)
+                .map_err(exports("presence"))?,
             history: ProxyPre::new(pre("history")?).map_err(exports("history"))?,
             chats: ProxyPre::new(pre("chats")?).map_err(exports("chats"))?,
         })
@@ -308,6 +320,23 @@ impl Runtime {
         run.await.map_err(|e| self.failed("presence", e))
     }
 
+    /// Runs the `presence` component over users whose heartbeats stopped.
+    pub async fn presence_expired(
+        &self,
+        users: &[bindings::platform::chat::platform::presence_store::Presence],
+    ) -> Result<(), InvokeError> {
+        let _timer = crate::metrics::invocation("presence");
+        let mut store = self.store(self.presence.engine());
+        let run = async {
+            let instance = self.presence.instantiate_async(&mut store).await?;
+            instance
+                .chat_platform_presence_handler()
+                .call_handle_expired(&mut store, users)
+                .await
+        };
+        run.await.map_err(|e| self.failed("presence", e))
+    }
+
     /// Serves one HTTP request with an HTTP component; the response body is
     /// read whole (API responses are small JSON documents).
     pub async fn http(
@@ -320,6 +349,7 @@ impl Runtime {
         let pre = match which {
             HttpComponent::History => &self.history,
             HttpComponent::Chats => &self.chats,
+            HttpComponent::Presence => &self.presence_http,
         };
         let mut store = self.store(pre.engine());
         let request = request.map(|b| {

@@ -14,6 +14,10 @@ struct UserPresence {
     /// connection -> lease expiry (ms since the Unix epoch).
     leases: HashMap<ConnectionId, i64>,
     last_seen: i64,
+    /// Online as far as anyone was told: set when a heartbeat brings the
+    /// user online, cleared when going offline is reported (by the last
+    /// disconnect, or by `take_expired`), so each expiry is reported once.
+    online: bool,
 }
 
 impl UserPresence {
@@ -22,10 +26,12 @@ impl UserPresence {
     }
 }
 
-/// In-process presence. A plain mutex: every operation is a few map updates.
+/// In-process presence. Plain mutexes: every operation is a few map updates.
 #[derive(Debug, Default)]
 pub struct InProcessPresence {
     users: Mutex<HashMap<String, UserPresence>>,
+    /// Throttle key -> mark expiry (ms since the Unix epoch).
+    marks: Mutex<HashMap<String, i64>>,
 }
 
 impl InProcessPresence {
@@ -50,6 +56,7 @@ impl PresenceStore for InProcessPresence {
             let was_offline = entry.leases.is_empty();
             entry.leases.insert(connection, now + ttl_ms as i64);
             entry.last_seen = now;
+            entry.online = true;
             was_offline
         }))
     }
@@ -65,7 +72,11 @@ impl PresenceStore for InProcessPresence {
             if held {
                 entry.last_seen = now;
             }
-            held && entry.leases.is_empty()
+            let went_offline = held && entry.leases.is_empty();
+            if went_offline {
+                entry.online = false;
+            }
+            went_offline
         }))
     }
 
@@ -88,5 +99,40 @@ impl PresenceStore for InProcessPresence {
                 })
                 .collect()
         }))
+    }
+
+    async fn take_expired(&self) -> StoreResult<Vec<Presence>> {
+        let now = now_ms();
+        Ok(self.with_users(|users| {
+            let mut expired = Vec::new();
+            for (user, entry) in users.iter_mut().filter(|(_, p)| p.online) {
+                entry.prune(now);
+                if entry.leases.is_empty() {
+                    entry.online = false;
+                    expired.push(Presence {
+                        user_id: user.clone(),
+                        online: false,
+                        last_seen: entry.last_seen,
+                    });
+                }
+            }
+            expired
+        }))
+    }
+
+    async fn throttle(&self, key: &str, window_ms: u64) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        // Drop stale marks now and then so the map stays the size of the live ones.
+        if marks.len() > 10_000 {
+            marks.retain(|_, until| *until > now);
+        }
+        match marks.get(key) {
+            Some(until) if *until > now => Ok(false),
+            _ => {
+                marks.insert(key.to_owned(), now + window_ms as i64);
+                Ok(true)
+            }
+        }
     }
 }

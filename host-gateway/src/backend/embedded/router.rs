@@ -1,6 +1,6 @@
 //! Routing in process: every connection of every user is local.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use async_trait::async_trait;
@@ -11,6 +11,10 @@ use crate::backend::{ConnectionId, Frame, Outbox, Router};
 struct Registry {
     by_user: HashMap<String, Vec<ConnectionId>>,
     outboxes: HashMap<ConnectionId, Outbox>,
+    /// Watched user -> watching connections.
+    watchers: HashMap<String, HashSet<ConnectionId>>,
+    /// Watching connection -> watched users, to drop its watches when it closes.
+    watching: HashMap<ConnectionId, HashSet<String>>,
 }
 
 /// In-process router. A read-write lock: deliveries (reads) vastly outnumber
@@ -40,6 +44,14 @@ impl Router for InProcessRouter {
             }
         }
         reg.outboxes.remove(&connection);
+        for watched in reg.watching.remove(&connection).unwrap_or_default() {
+            if let Some(set) = reg.watchers.get_mut(&watched) {
+                set.remove(&connection);
+                if set.is_empty() {
+                    reg.watchers.remove(&watched);
+                }
+            }
+        }
     }
 
     async fn send_to_connection(&self, connection: ConnectionId, frame: Frame) {
@@ -67,6 +79,36 @@ impl Router for InProcessRouter {
                 {
                     reached += 1;
                 }
+            }
+        }
+        reached
+    }
+
+    async fn watch_presence(&self, connection: ConnectionId, users: &[String]) {
+        let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if !reg.outboxes.contains_key(&connection) {
+            return;
+        }
+        for user in users {
+            reg.watchers
+                .entry(user.clone())
+                .or_default()
+                .insert(connection);
+            reg.watching
+                .entry(connection)
+                .or_default()
+                .insert(user.clone());
+        }
+    }
+
+    async fn send_to_watchers(&self, user: &str, frame: Frame) -> u32 {
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        let mut reached = 0;
+        for conn in reg.watchers.get(user).into_iter().flatten() {
+            if let Some(outbox) = reg.outboxes.get(conn)
+                && outbox.push(frame.clone())
+            {
+                reached += 1;
             }
         }
         reached
