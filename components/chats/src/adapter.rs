@@ -4,11 +4,11 @@ use chat_core::http::USER_HEADER;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
-use crate::core::{self, Chat, ChatKind, Unavailable};
+use crate::core::{self, Chat, ChatKind, Unavailable, UpdateError};
 
 wit_bindgen::generate!({ path: "../../wit", world: "http-platform" });
 
-use chat::platform::{config, ids, membership, types};
+use chat::platform::{config, delivery, ids, membership, types};
 
 struct Host;
 
@@ -65,6 +65,26 @@ impl core::Platform for Host {
     fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), Unavailable> {
         let (chat, created) = membership::create_chat(&to_wit(chat)).map_err(|_| Unavailable)?;
         Ok((from_wit(chat), created))
+    }
+
+    fn update_members(
+        &self,
+        id: &str,
+        expected: &[String],
+        members: Vec<String>,
+        admins: Vec<String>,
+    ) -> Result<Chat, UpdateError> {
+        membership::update_members(id, expected, &members, &admins)
+            .map(from_wit)
+            .map_err(|e| match e {
+                types::StoreError::Conflict(_) => UpdateError::Conflict,
+                types::StoreError::NotFound => UpdateError::NotFound,
+                _ => UpdateError::Unavailable,
+            })
+    }
+
+    fn send_to_users(&self, users: &[String], frame: &str) {
+        delivery::send_to_users(users, frame, None);
     }
 
     fn chats_of(&self, user: &str) -> Result<Vec<Chat>, Unavailable> {

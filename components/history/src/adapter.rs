@@ -44,6 +44,12 @@ impl core::Platform for Host {
         Ok(page.into_iter().map(message).collect())
     }
 
+    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, Unavailable> {
+        message_store::get(chat, id)
+            .map(|m| m.map(message))
+            .map_err(|_| Unavailable)
+    }
+
     fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, Unavailable> {
         let all = message_store::receipts(chat).map_err(|_| Unavailable)?;
         Ok(all

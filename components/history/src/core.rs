@@ -37,6 +37,7 @@ pub trait Platform {
     ) -> Result<Vec<Message>, Unavailable>;
     fn page_after(&self, chat: &str, after: u64, limit: u32) -> Result<Vec<Message>, Unavailable>;
     fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, Unavailable>;
+    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, Unavailable>;
 }
 
 /// An HTTP request, reduced to what the core reads.
@@ -108,8 +109,62 @@ pub fn handle(platform: &impl Platform, request: &Request<'_>) -> Reply {
             }
             messages_page(platform, user, chat, request.query).unwrap_or_else(|reply| reply)
         }
+        [chats, chat, messages, id, receipts]
+            if chats == "chats" && messages == "messages" && receipts == "receipts" =>
+        {
+            if request.method != "GET" {
+                return Reply::method_not_allowed();
+            }
+            message_receipts(platform, user, chat, id).unwrap_or_else(|reply| reply)
+        }
         _ => Reply::not_found(),
     }
+}
+
+/// Per-member receipts of one message (WhatsApp's "message info"): every
+/// current member but the sender, with how far they have got.
+fn message_receipts(
+    platform: &impl Platform,
+    user: &str,
+    chat: &str,
+    id: &str,
+) -> Result<Reply, Reply> {
+    let id =
+        parse_message_id(id).ok_or_else(|| Reply::bad_request("messageId must be a message id"))?;
+    let unavailable = |_| Reply::unavailable();
+    let members = platform.members(chat).map_err(unavailable)?;
+    let members = members
+        .filter(|m| m.iter().any(|u| u == user))
+        .ok_or_else(Reply::chat_not_found)?;
+    let message = platform
+        .get(chat, id)
+        .map_err(unavailable)?
+        .ok_or_else(|| Reply::error(404, "message_not_found", "no such message in this chat"))?;
+    let marks: HashMap<String, Marks> = platform
+        .receipts(chat)
+        .map_err(unavailable)?
+        .into_iter()
+        .collect();
+    let receipts: Vec<Value> = members
+        .iter()
+        .filter(|m| **m != message.sender_id)
+        .map(|m| {
+            let status = Status::of(marks.get(m).copied().unwrap_or_default(), id);
+            json!({ "userId": m, "status": status.as_str() })
+        })
+        .collect();
+    let others = members.iter().filter(|m| **m != message.sender_id);
+    let status = aggregate(
+        others.map(|m| marks.get(m).copied().unwrap_or_default()),
+        id,
+    );
+    Ok(Reply::ok(json!({
+        "messageId": id.to_string(),
+        "chatId": chat,
+        "senderId": message.sender_id,
+        "status": status.as_str(),
+        "receipts": receipts,
+    })))
 }
 
 fn messages_page(
@@ -238,6 +293,10 @@ mod tests {
 
         fn receipts(&self, _: &str) -> Result<Vec<(String, Marks)>, Unavailable> {
             Ok(self.receipts.clone())
+        }
+
+        fn get(&self, _: &str, id: u64) -> Result<Option<Message>, Unavailable> {
+            Ok(self.messages.iter().find(|m| m.id == id).cloned())
         }
     }
 
@@ -385,5 +444,42 @@ mod tests {
             statuses(&get(&p, "alice", "")),
             ["delivered", "delivered", "read", "read"]
         );
+    }
+
+    /// Message info lists every other member's receipt and the aggregate.
+    #[test]
+    fn message_info() {
+        let mut p = Fake::new(4);
+        p.members.push("carol".into());
+        p.receipts = vec![(
+            "bob".into(),
+            Marks {
+                delivered_up_to: 4,
+                read_up_to: 4,
+            },
+        )];
+        let request = Request {
+            method: "GET",
+            path: "/api/v1/chats/dm:alice:bob/messages/4/receipts",
+            query: "",
+            user: Some("alice"),
+        };
+        let reply = handle(&p, &request);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body["status"], "sent");
+        assert_eq!(
+            reply.body["receipts"],
+            json!([{"userId":"bob","status":"read"},{"userId":"carol","status":"sent"}])
+        );
+        let missing = Request {
+            path: "/api/v1/chats/dm:alice:bob/messages/99/receipts",
+            ..request.clone()
+        };
+        assert_eq!(handle(&p, &missing).status, 404);
+        let stranger = Request {
+            user: Some("mallory"),
+            ..request
+        };
+        assert_eq!(handle(&p, &stranger).status, 404);
     }
 }
