@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub enum Route {
     /// `sendMessage`, `ack`, `typing`: the chat write path.
     Send,
-    /// `heartbeat`: presence.
+    /// `heartbeat`, `subscribePresence`: presence.
     Presence,
 }
 
@@ -96,7 +96,7 @@ pub fn parse(text: &str) -> Result<Envelope, EnvelopeError> {
     };
     let route = match kind.as_str() {
         "sendMessage" | "ack" | "typing" => Route::Send,
-        "heartbeat" => Route::Presence,
+        "heartbeat" | "subscribePresence" => Route::Presence,
         _ => {
             return Err(EnvelopeError::UnknownType {
                 kind,
