@@ -43,9 +43,6 @@ use bindings::send::SendComponentPre as SendPre;
 /// Epoch tick: the granularity of invocation deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// The product's components, by the name of their crate under `components/`.
-pub const COMPONENT_NAMES: [&str; 5] = ["send", "fanout", "presence", "history", "chats"];
-
 /// Per-invocation limits.
 #[derive(Debug, Clone, Copy)]
 pub struct InvocationLimits {
