@@ -27,6 +27,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked --target wasm32-wasip2 --target-dir target/components \
   -p send -p fanout -p presence -p history -p chats -- -D warnings
 
+log "services"
+# The backend contract tests run against a real Redis.
+infra/redis.sh start
+export SWITCHBOARD_TEST_REDIS_URL="redis://127.0.0.1:6379"
+
 log "tests"
 export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
 cargo test --workspace --locked

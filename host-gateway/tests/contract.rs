@@ -261,6 +261,41 @@ async fn presence_contract(presence: &dyn PresenceStore) {
     );
 }
 
+/// An expiry is reported once, with the last heartbeat; a disconnect is not an expiry.
+async fn expiry_contract(presence: &dyn PresenceStore) {
+    presence.take_expired().await.unwrap();
+    presence.heartbeat("carol", 7, 100).await.unwrap();
+    presence.heartbeat("dave", 8, 100).await.unwrap();
+    presence.disconnect("dave", 8).await.unwrap();
+    presence.heartbeat("erin", 9, 60_000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let expired = presence.take_expired().await.unwrap();
+    let users: Vec<&str> = expired.iter().map(|p| p.user_id.as_str()).collect();
+    assert_eq!(users, vec!["carol"]);
+    assert!(!expired[0].online && expired[0].last_seen > 0);
+    assert!(
+        presence.take_expired().await.unwrap().is_empty(),
+        "reported once"
+    );
+}
+
+/// A throttle key passes once per window.
+async fn throttle_contract(presence: &dyn PresenceStore) {
+    assert!(presence.throttle("k", 200).await.unwrap());
+    assert!(!presence.throttle("k", 200).await.unwrap());
+    assert!(presence.throttle("other", 200).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(presence.throttle("k", 200).await.unwrap());
+}
+
+/// The next frame on an outbox, failing after 5 s.
+async fn recv_within(rx: &mut tokio::sync::mpsc::Receiver<Arc<str>>) -> Arc<str> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 fn outbox() -> (Outbox, tokio::sync::mpsc::Receiver<Arc<str>>) {
     let (frames, rx) = tokio::sync::mpsc::channel(8);
     (
@@ -335,6 +370,8 @@ mod embedded {
     #[tokio::test]
     async fn presence() {
         presence_contract(&InProcessPresence::default()).await;
+        expiry_contract(&InProcessPresence::default()).await;
+        throttle_contract(&InProcessPresence::default()).await;
     }
 
     /// Router contract in process.
@@ -374,5 +411,86 @@ mod embedded {
             .remove(0)
             .unwrap();
         assert!(next.message.id > before.id);
+    }
+}
+
+/// The Redis implementations, against the Redis at `SWITCHBOARD_TEST_REDIS_URL`
+/// (default `redis://127.0.0.1:6379`; `infra/test.sh` starts one). Each test
+/// works under its own key prefix.
+mod redis_backend {
+    use super::*;
+    use host_gateway::backend::redis::{RedisPresence, RedisRouter};
+
+    fn client() -> redis::Client {
+        let url = std::env::var("SWITCHBOARD_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        redis::Client::open(url).unwrap()
+    }
+
+    fn prefix() -> String {
+        format!("test{}:", rand::random::<u64>())
+    }
+
+    async fn presence() -> RedisPresence {
+        let manager = client().get_connection_manager().await.expect(
+            "no Redis at SWITCHBOARD_TEST_REDIS_URL: run infra/test.sh, or infra/redis.sh start",
+        );
+        RedisPresence::new(manager, prefix())
+    }
+
+    /// Presence contract on Redis.
+    #[tokio::test]
+    async fn presence_on_redis() {
+        presence_contract(&presence().await).await;
+        expiry_contract(&presence().await).await;
+        throttle_contract(&presence().await).await;
+    }
+
+    /// Router contract on Redis (one gateway).
+    #[tokio::test]
+    async fn router_on_redis() {
+        let router = RedisRouter::start(client(), prefix(), 0).await.unwrap();
+        router_contract(&*router).await;
+    }
+
+    /// Two gateways: a delivery reaches users on both, with one publish per remote gateway.
+    #[tokio::test]
+    async fn delivery_crosses_gateways() {
+        let prefix = prefix();
+        let a = RedisRouter::start(client(), prefix.clone(), 1)
+            .await
+            .unwrap();
+        let b = RedisRouter::start(client(), prefix, 2).await.unwrap();
+        // Let both subscriptions settle.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (alice, mut alice_rx) = outbox();
+        let (bob, mut bob_rx) = outbox();
+        let (bob2, mut bob2_rx) = outbox();
+        a.register("alice", (1 << 48) | 1, alice).await;
+        b.register("bob", (2 << 48) | 1, bob).await;
+        b.register("bob", (2 << 48) | 2, bob2).await;
+
+        a.send_to_users(
+            &["alice".into(), "bob".into()],
+            "hello".into(),
+            Some((2 << 48) | 2),
+        )
+        .await;
+        assert_eq!(&*recv_within(&mut alice_rx).await, "hello");
+        assert_eq!(&*recv_within(&mut bob_rx).await, "hello");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            bob2_rx.try_recv().is_err(),
+            "the skipped device on the other gateway gets nothing"
+        );
+
+        // A connection on the other gateway, addressed directly.
+        a.send_to_connection((2 << 48) | 2, "direct".into()).await;
+        assert_eq!(&*recv_within(&mut bob2_rx).await, "direct");
+
+        // Presence watchers anywhere hear about changes from anywhere.
+        b.watch_presence((2 << 48) | 1, &["alice".into()]).await;
+        a.send_to_watchers("alice", "alice is online".into()).await;
+        assert_eq!(&*recv_within(&mut bob_rx).await, "alice is online");
     }
 }

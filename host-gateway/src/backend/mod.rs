@@ -9,6 +9,7 @@
 //! process) is the default that needs no server.
 
 pub mod embedded;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -24,6 +24,20 @@ pub struct InProcessRouter {
     registry: RwLock<Registry>,
 }
 
+impl InProcessRouter {
+    /// Whether `user` has a connection here.
+    pub fn has_user(&self, user: &str) -> bool {
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        reg.by_user.contains_key(user)
+    }
+
+    /// The users with a connection here.
+    pub fn users(&self) -> Vec<String> {
+        let reg = self.registry.read().unwrap_or_else(|p| p.into_inner());
+        reg.by_user.keys().cloned().collect()
+    }
+}
+
 #[async_trait]
 impl Router for InProcessRouter {
     async fn register(&self, user: &str, connection: ConnectionId, outbox: Outbox) {

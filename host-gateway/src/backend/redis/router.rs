@@ -1,0 +1,300 @@
+//! Routing across gateways with Redis: a connection registry and Pub/Sub.
+//!
+//! Each gateway keeps its own connections in process (an `InProcessRouter`)
+//! and records in Redis which users it holds: `route:{user}`, a sorted set of
+//! gateway ids scored by expiry, refreshed while the user is connected.
+//!
+//! Delivery to N users: local connections are served directly; then one
+//! PUBLISH per *other* gateway that holds any of the users, on that gateway's
+//! channel `gw:{id}` — never one per recipient, never to every gateway.
+//! Presence changes go to every gateway (`presence` channel), since watchers
+//! can be anywhere. Pub/Sub is at most once: a gateway that misses a frame
+//! leaves its clients to catch up from the store by cursor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::embedded::InProcessRouter;
+use crate::backend::{ConnectionId, Frame, Outbox, Router};
+use crate::ids::now_ms;
+
+/// How long a registry entry lives without a refresh.
+const ROUTE_TTL: Duration = Duration::from_secs(30);
+
+/// What travels between gateways.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "camelCase")]
+enum Envelope {
+    Users {
+        users: Vec<String>,
+        frame: String,
+        skip: Option<ConnectionId>,
+    },
+    Connection {
+        connection: ConnectionId,
+        frame: String,
+    },
+    Watchers {
+        user: String,
+        frame: String,
+    },
+}
+
+/// The gateway that owns a connection id (its node id is in the top bits).
+pub fn gateway_of(connection: ConnectionId) -> u16 {
+    (connection >> 48) as u16
+}
+
+/// Routing through Redis.
+pub struct RedisRouter {
+    local: Arc<InProcessRouter>,
+    redis: ConnectionManager,
+    prefix: String,
+    gateway: u16,
+}
+
+impl std::fmt::Debug for RedisRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRouter")
+            .field("gateway", &self.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRouter {
+    /// Connects the router and starts its subscriber and registry refresher.
+    pub async fn start(
+        client: redis::Client,
+        prefix: impl Into<String>,
+        gateway: u16,
+    ) -> anyhow::Result<Arc<Self>> {
+        let redis = client.get_connection_manager().await?;
+        let router = Arc::new(Self {
+            local: Arc::new(InProcessRouter::default()),
+            redis,
+            prefix: prefix.into(),
+            gateway,
+        });
+        tokio::spawn(subscriber(client, router.clone()));
+        tokio::spawn(refresher(Arc::downgrade(&router)));
+        Ok(router)
+    }
+
+    fn route_key(&self, user: &str) -> String {
+        format!("{}route:{user}", self.prefix)
+    }
+
+    fn gateway_channel(&self, gateway: u16) -> String {
+        format!("{}gw:{gateway}", self.prefix)
+    }
+
+    fn presence_channel(&self) -> String {
+        format!("{}presence", self.prefix)
+    }
+
+    async fn publish(&self, channel: String, envelope: &Envelope) -> bool {
+        let Ok(payload) = serde_json::to_string(envelope) else {
+            return false;
+        };
+        let mut redis = self.redis.clone();
+        let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload)
+            .query_async(&mut redis)
+            .await;
+        if let Err(e) = &sent {
+            tracing::warn!(error = %e, "publish failed; remote clients will catch up by cursor");
+            crate::metrics::backend_error();
+        }
+        sent.is_ok()
+    }
+
+    async fn advertise(&self, users: &[String]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        let expiry = now_ms() + ROUTE_TTL.as_millis() as i64;
+        for user in users {
+            let key = self.route_key(user);
+            pipe.zadd(&key, self.gateway, expiry).ignore();
+            pipe.pexpire(&key, ROUTE_TTL.as_millis() as i64 * 2)
+                .ignore();
+        }
+        let mut redis = self.redis.clone();
+        pipe.query_async(&mut redis).await
+    }
+
+    async fn deliver(&self, envelope: Envelope) {
+        match envelope {
+            Envelope::Users { users, frame, skip } => {
+                self.local.send_to_users(&users, frame.into(), skip).await;
+            }
+            Envelope::Connection { connection, frame } => {
+                self.local
+                    .send_to_connection(connection, frame.into())
+                    .await
+            }
+            Envelope::Watchers { user, frame } => {
+                self.local.send_to_watchers(&user, frame.into()).await;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Router for RedisRouter {
+    async fn register(&self, user: &str, connection: ConnectionId, outbox: Outbox) {
+        self.local.register(user, connection, outbox).await;
+        if let Err(e) = self.advertise(std::slice::from_ref(&user.to_owned())).await {
+            // The refresher retries; until then remote senders miss this user live.
+            tracing::warn!(error = %e, "connection registry unavailable");
+        }
+    }
+
+    async fn unregister(&self, user: &str, connection: ConnectionId) {
+        self.local.unregister(user, connection).await;
+        if !self.local.has_user(user) {
+            let mut redis = self.redis.clone();
+            let removed: redis::RedisResult<i64> = redis::cmd("ZREM")
+                .arg(self.route_key(user))
+                .arg(self.gateway)
+                .query_async(&mut redis)
+                .await;
+            if let Err(e) = removed {
+                tracing::debug!(error = %e, "registry cleanup failed; the entry expires");
+            }
+        }
+    }
+
+    async fn send_to_connection(&self, connection: ConnectionId, frame: Frame) {
+        let gateway = gateway_of(connection);
+        if gateway == self.gateway {
+            self.local.send_to_connection(connection, frame).await;
+        } else {
+            let envelope = Envelope::Connection {
+                connection,
+                frame: frame.to_string(),
+            };
+            self.publish(self.gateway_channel(gateway), &envelope).await;
+        }
+    }
+
+    async fn send_to_users(
+        &self,
+        users: &[String],
+        frame: Frame,
+        skip: Option<ConnectionId>,
+    ) -> u32 {
+        let reached = self.local.send_to_users(users, frame.clone(), skip).await;
+        // Which other gateways hold any of these users: one round trip.
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(self.route_key(user))
+                .arg(now)
+                .arg("+inf");
+        }
+        let mut redis = self.redis.clone();
+        let holders: Vec<Vec<u16>> = match pipe.query_async(&mut redis).await {
+            Ok(holders) => holders,
+            Err(e) => {
+                tracing::warn!(error = %e, "connection registry unavailable; remote clients will catch up by cursor");
+                crate::metrics::backend_error();
+                return reached;
+            }
+        };
+        let mut by_gateway: HashMap<u16, Vec<String>> = HashMap::new();
+        for (user, gateways) in users.iter().zip(holders) {
+            for gateway in gateways.into_iter().filter(|g| *g != self.gateway) {
+                by_gateway.entry(gateway).or_default().push(user.clone());
+            }
+        }
+        for (gateway, users) in by_gateway {
+            let envelope = Envelope::Users {
+                users,
+                frame: frame.to_string(),
+                skip,
+            };
+            self.publish(self.gateway_channel(gateway), &envelope).await;
+        }
+        reached
+    }
+
+    async fn watch_presence(&self, connection: ConnectionId, users: &[String]) {
+        self.local.watch_presence(connection, users).await;
+    }
+
+    async fn send_to_watchers(&self, user: &str, frame: Frame) -> u32 {
+        let envelope = Envelope::Watchers {
+            user: user.to_owned(),
+            frame: frame.to_string(),
+        };
+        // Every gateway, this one included, delivers to its own watchers from
+        // the channel; without Redis, at least the local ones are told.
+        if !self.publish(self.presence_channel(), &envelope).await {
+            return self.local.send_to_watchers(user, frame).await;
+        }
+        0
+    }
+}
+
+/// Receives this gateway's channel and the presence channel, reconnecting
+/// after Redis restarts.
+async fn subscriber(client: redis::Client, router: Arc<RedisRouter>) {
+    let channels = [
+        router.gateway_channel(router.gateway),
+        router.presence_channel(),
+    ];
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                let mut subscribed = true;
+                for channel in &channels {
+                    subscribed &= pubsub.subscribe(channel).await.is_ok();
+                }
+                if subscribed {
+                    tracing::info!(gateway = router.gateway, "subscribed to gateway channels");
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else {
+                            continue;
+                        };
+                        match serde_json::from_str::<Envelope>(&payload) {
+                            Ok(envelope) => router.deliver(envelope).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "malformed envelope on the gateway channel")
+                            }
+                        }
+                    }
+                    tracing::warn!("lost the Redis subscription; reconnecting");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Re-advertises this gateway's users well within the registry TTL, which
+/// also rebuilds the registry after Redis lost its data.
+async fn refresher(router: std::sync::Weak<RedisRouter>) {
+    let mut tick = tokio::time::interval(ROUTE_TTL / 3);
+    loop {
+        tick.tick().await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        let users = router.local.users();
+        for chunk in users.chunks(500) {
+            if let Err(e) = router.advertise(chunk).await {
+                tracing::warn!(error = %e, "refreshing the connection registry failed");
+                break;
+            }
+        }
+    }
+}
