@@ -1,0 +1,63 @@
+//! `switchboard-bench`: drives Switchboard over its real protocol (WebSocket
+//! and HTTP) and prints a table, each row beside a bare WebSocket relay (no
+//! Wasm, no storage) measured in the same run with the same generator.
+//!
+//! Every loop is bounded in count and time; only loopback is targeted.
+
+mod relay;
+mod scenarios;
+mod target;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard-bench",
+    about = "Benchmarks for Switchboard, against a bare relay baseline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Tiny sizes and short runs: a smoke test of the whole harness.
+    #[arg(long)]
+    quick: bool,
+    /// The switchboard binary (default: target/release/switchboard).
+    #[arg(long)]
+    bin: Option<PathBuf>,
+    /// Also write raw latency samples (CSV) here, for plots.
+    #[arg(long)]
+    samples_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the baseline: a bare WebSocket relay speaking the same frames.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Relay { listen }) = cli.command {
+        return relay::serve(listen).await;
+    }
+    let bin = cli
+        .bin
+        .unwrap_or_else(|| PathBuf::from("target/release/switchboard"));
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not found: build it with `cargo build --release -p host-gateway`",
+        bin.display()
+    );
+    let sizes = if cli.quick {
+        scenarios::Sizes::quick()
+    } else {
+        scenarios::Sizes::full()
+    };
+    scenarios::run_all(&bin, &sizes, cli.samples_dir.as_deref()).await
+}

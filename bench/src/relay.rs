@@ -1,0 +1,98 @@
+//! The baseline: the least a server must do to relay chat frames over
+//! WebSockets with tokio — parse the frame, ack it, push it to the peer's
+//! sockets. No Wasm, no storage, no auth. Whatever Switchboard costs beyond
+//! this is the price of its components and its durability.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+type Peers = Arc<RwLock<HashMap<String, Vec<mpsc::UnboundedSender<Message>>>>>;
+
+/// Serves until killed; prints the listening line the harness reads.
+pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    println!("switchboard listening on http://{}", listener.local_addr()?);
+    let peers: Peers = Arc::default();
+    let ids = Arc::new(AtomicU64::new(1));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(connection(stream, peers.clone(), ids.clone()));
+    }
+}
+
+// The handshake callback's error type is tungstenite's, not ours to shrink.
+#[allow(clippy::result_large_err)]
+async fn connection(stream: TcpStream, peers: Peers, ids: Arc<AtomicU64>) {
+    let mut user = String::new();
+    let callback = |req: &Request, resp: Response| {
+        if let Some(query) = req.uri().query() {
+            user = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("userId="))
+                .unwrap_or_default()
+                .to_owned();
+        }
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let (mut sink, mut source) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    peers
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(user.clone())
+        .or_default()
+        .push(tx.clone());
+    let writer = tokio::spawn(async move {
+        while let Some(message) = rx.recv().await {
+            if sink.send(message).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(Ok(message)) = source.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if frame["type"] != "sendMessage" {
+            continue;
+        }
+        let chat = frame["chatId"].as_str().unwrap_or_default();
+        let id = ids.fetch_add(1, Ordering::Relaxed).to_string();
+        let ack = json!({"type":"ack","messageId":id,"chatId":chat,"clientMsgId":frame["clientMsgId"],"status":"sent"});
+        let _ = tx.send(Message::Text(ack.to_string().into()));
+        let out = json!({"type":"receiveMessage","messageId":id,"chatId":chat,"senderId":user,"content":frame["content"],"timestamp":frame["timestamp"]});
+        let out = Message::Text(out.to_string().into());
+        let peers = peers.read().unwrap_or_else(|p| p.into_inner());
+        // `dm:a:b` goes to the other of the pair; any other chat to everyone else.
+        let recipients: Vec<&String> =
+            match chat.strip_prefix("dm:").and_then(|r| r.split_once(':')) {
+                Some((a, b)) => [a, b]
+                    .into_iter()
+                    .filter(|u| *u != user)
+                    .filter_map(|u| peers.get_key_value(u).map(|(k, _)| k))
+                    .collect(),
+                None => peers.keys().filter(|u| **u != user).collect(),
+            };
+        for recipient in recipients {
+            for peer in &peers[recipient] {
+                let _ = peer.send(out.clone());
+            }
+        }
+    }
+    writer.abort();
+}

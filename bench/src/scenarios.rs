@@ -1,0 +1,513 @@
+//! The scenarios. Each measures Switchboard and, where the comparison means
+//! something, the bare relay with the same generator in the same run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::target::{Sender, Socket, Target, recv_latency, send_stamped};
+
+/// How big and how long.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub pairs: usize,
+    pub window: usize,
+    pub duration: Duration,
+    pub group_size: usize,
+    pub group_messages: usize,
+    pub history_messages: usize,
+    pub history_clients: usize,
+    pub idle_connections: usize,
+}
+
+impl Sizes {
+    pub fn full() -> Self {
+        Self {
+            pairs: 50,
+            window: 16,
+            duration: Duration::from_secs(10),
+            group_size: 256,
+            group_messages: 200,
+            history_messages: 100_000,
+            history_clients: 8,
+            idle_connections: 10_000,
+        }
+    }
+
+    pub fn quick() -> Self {
+        Self {
+            pairs: 4,
+            window: 4,
+            duration: Duration::from_secs(1),
+            group_size: 16,
+            group_messages: 10,
+            history_messages: 500,
+            history_clients: 2,
+            idle_connections: 200,
+        }
+    }
+}
+
+/// One table row.
+struct Row {
+    scenario: String,
+    metric: &'static str,
+    switchboard: f64,
+    baseline: Option<f64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// Runs every scenario and prints the table.
+pub async fn run_all(bin: &Path, sizes: &Sizes, samples: Option<&Path>) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    eprintln!("sizes: {sizes:?}");
+
+    // 1. 1:1 messaging: peak, then latency at half of peak.
+    let mut peaks = Vec::new();
+    let mut latencies = Vec::new();
+    for relay in [false, true] {
+        let target = if relay {
+            Target::relay().await?
+        } else {
+            Target::switchboard(bin).await?
+        };
+        let sockets = pairs(&target, sizes.pairs).await?;
+        let peak = closed_loop(sockets, sizes).await?;
+        let sockets = pairs(&target, sizes.pairs).await?;
+        let lat = open_loop(sockets, peak / 2.0, sizes.duration).await?;
+        eprintln!(
+            "{}: peak {peak:.0} msg/s; at half: p50 {:.2} ms p99 {:.2} ms",
+            target.name,
+            ms(&lat, 0.5),
+            ms(&lat, 0.99)
+        );
+        if let Some(dir) = samples {
+            write_cdf(
+                &dir.join(format!(
+                    "one_to_one_{}.csv",
+                    if relay { "relay" } else { "switchboard" }
+                )),
+                &lat,
+            )?;
+        }
+        peaks.push(peak);
+        latencies.push(lat);
+    }
+    let one = format!("1:1, {} pairs", sizes.pairs);
+    rows.push(Row {
+        scenario: one.clone(),
+        metric: "peak delivered msg/s",
+        switchboard: peaks[0],
+        baseline: Some(peaks[1]),
+    });
+    for (q, metric) in [
+        (0.5, "p50 ms at 50% of peak"),
+        (0.9, "p90 ms"),
+        (0.99, "p99 ms"),
+        (0.999, "p99.9 ms"),
+    ] {
+        rows.push(Row {
+            scenario: one.clone(),
+            metric,
+            switchboard: ms(&latencies[0], q),
+            baseline: Some(ms(&latencies[1], q)),
+        });
+    }
+    rows.push(Row {
+        scenario: one.clone(),
+        metric: "max ms",
+        switchboard: latencies[0].max() as f64 / 1000.0,
+        baseline: Some(latencies[1].max() as f64 / 1000.0),
+    });
+
+    // 2. A group: send to the last member's receive.
+    let mut group = Vec::new();
+    for relay in [false, true] {
+        let target = if relay {
+            Target::relay().await?
+        } else {
+            Target::switchboard(bin).await?
+        };
+        group.push(group_fanout(&target, sizes).await?);
+    }
+    let scenario = format!("group of {}, last member", sizes.group_size);
+    for (q, metric) in [(0.5, "p50 ms"), (0.99, "p99 ms")] {
+        rows.push(Row {
+            scenario: scenario.clone(),
+            metric,
+            switchboard: ms(&group[0], q),
+            baseline: Some(ms(&group[1], q)),
+        });
+    }
+
+    // 3. History paging (Switchboard only: the relay stores nothing).
+    let target = Target::switchboard(bin).await?;
+    let (rate, lat) = history(&target, sizes).await?;
+    let scenario = format!("history, page of 50 of {}", sizes.history_messages);
+    rows.push(Row {
+        scenario: scenario.clone(),
+        metric: "requests/s",
+        switchboard: rate,
+        baseline: None,
+    });
+    rows.push(Row {
+        scenario: scenario.clone(),
+        metric: "p50 ms",
+        switchboard: ms(&lat, 0.5),
+        baseline: None,
+    });
+    rows.push(Row {
+        scenario,
+        metric: "p99 ms",
+        switchboard: ms(&lat, 0.99),
+        baseline: None,
+    });
+    drop(target);
+
+    // 5. Idle connections: memory per connection.
+    let mut per_conn = Vec::new();
+    for relay in [false, true] {
+        let target = if relay {
+            Target::relay().await?
+        } else {
+            Target::switchboard(bin).await?
+        };
+        per_conn.push(idle(&target, sizes.idle_connections).await?);
+    }
+    rows.push(Row {
+        scenario: format!("{} idle connections", sizes.idle_connections),
+        metric: "RSS KiB per connection",
+        switchboard: per_conn[0],
+        baseline: Some(per_conn[1]),
+    });
+
+    println!("| scenario | metric | switchboard | bare relay | switchboard / relay |");
+    println!("|---|---|---:|---:|---:|");
+    for row in rows {
+        let (baseline, ratio) = match row.baseline {
+            Some(b) if b > 0.0 => (format!("{b:.2}"), format!("{:.2}", row.switchboard / b)),
+            Some(b) => (format!("{b:.2}"), "-".into()),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {:.2} | {baseline} | {ratio} |",
+            row.scenario, row.metric, row.switchboard
+        );
+    }
+    Ok(())
+}
+
+fn write_cdf(path: &Path, h: &Histogram<u64>) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("latency_ms,quantile\n");
+    for v in h.iter_quantiles(4) {
+        let _ = writeln!(
+            out,
+            "{},{}",
+            v.value_iterated_to() as f64 / 1000.0,
+            v.quantile_iterated_to()
+        );
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+/// `n` (sender, receiver, chat) triples, connected.
+async fn pairs(target: &Target, n: usize) -> anyhow::Result<Vec<(Socket, Socket, String)>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let (a, b) = (format!("a{i}"), format!("b{i}"));
+        let chat = target
+            .create_chat(&a, std::slice::from_ref(&b), None)
+            .await?
+            .unwrap_or(format!("dm:{a}:{b}"));
+        let sender = target.connect(&a, 1 + (i % 50) as u8).await?;
+        let receiver = target.connect(&b, 1 + (i % 50) as u8).await?;
+        out.push((sender, receiver, chat));
+    }
+    Ok(out)
+}
+
+static CLIENT_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Each sender keeps `window` messages in flight (sent, not yet received);
+/// returns delivered messages per second.
+async fn closed_loop(sockets: Vec<(Socket, Socket, String)>, sizes: &Sizes) -> anyhow::Result<f64> {
+    let delivered = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + sizes.duration;
+    let mut tasks = Vec::new();
+    for (sender, mut receiver, chat) in sockets {
+        let window = Arc::new(Semaphore::new(sizes.window));
+        let (mut sink_ws, drain) = split_and_drain(sender);
+        let w = window.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let Ok(Ok(permit)) =
+                    tokio::time::timeout(Duration::from_millis(200), w.acquire()).await
+                else {
+                    continue;
+                };
+                permit.forget();
+                if send_stamped(
+                    &mut sink_ws,
+                    &chat,
+                    CLIENT_IDS.fetch_add(1, Ordering::Relaxed),
+                )
+                .await
+                .is_err()
+                {
+                    break;
+                }
+            }
+            drain.abort();
+        }));
+        let delivered = delivered.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(200), recv_latency(&mut receiver))
+                    .await
+                {
+                    Ok(Some(_)) => {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        window.add_permits(1);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    join_all(tasks).await;
+    Ok(delivered.load(Ordering::Relaxed) as f64 / sizes.duration.as_secs_f64())
+}
+
+/// A sender's read side must be drained (its acks), or the server closes it as too slow.
+fn split_and_drain(ws: Socket) -> (Sender, tokio::task::JoinHandle<()>) {
+    let (sink, mut stream) = ws.split();
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    (sink, drain)
+}
+
+/// Each sender sends at `rate / pairs` per second for `duration`; returns receive latencies (µs).
+async fn open_loop(
+    sockets: Vec<(Socket, Socket, String)>,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Histogram<u64>> {
+    let per_sender = (rate / sockets.len() as f64).max(1.0);
+    let interval = Duration::from_secs_f64(1.0 / per_sender);
+    let deadline = Instant::now() + duration;
+    let mut receivers = Vec::new();
+    for (sender, mut receiver, chat) in sockets {
+        let (mut ws, drain) = split_and_drain(sender);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            while Instant::now() < deadline {
+                tick.tick().await;
+                if send_stamped(&mut ws, &chat, CLIENT_IDS.fetch_add(1, Ordering::Relaxed))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            drain.abort();
+        });
+        receivers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let until = deadline + Duration::from_secs(2);
+            while Instant::now() < until {
+                match tokio::time::timeout(Duration::from_millis(200), recv_latency(&mut receiver))
+                    .await
+                {
+                    Ok(Some(latency)) => {
+                        let _ = h.record(latency.max(1));
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+            h
+        }));
+    }
+    let mut all = histogram();
+    for h in join_all(receivers).await.into_iter().flatten() {
+        let _ = all.add(h);
+    }
+    Ok(all)
+}
+
+async fn group_fanout(target: &Target, sizes: &Sizes) -> anyhow::Result<Histogram<u64>> {
+    let members: Vec<String> = (1..sizes.group_size).map(|i| format!("g{i}")).collect();
+    let chat = target
+        .create_chat("g0", &members, Some("bench"))
+        .await?
+        .unwrap_or_else(|| "g:bench".into());
+    let (tx, mut rx) = mpsc::unbounded_channel::<u64>();
+    let mut tasks = Vec::new();
+    for (i, member) in members.iter().enumerate() {
+        let mut ws = target.connect(member, 1 + (i % 50) as u8).await?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(latency) = recv_latency(&mut ws).await {
+                if tx.send(latency).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    let (mut sender, drain) = split_and_drain(target.connect("g0", 1).await?);
+    let mut h = histogram();
+    for n in 0..sizes.group_messages {
+        send_stamped(&mut sender, &chat, 1_000_000 + n as u64).await?;
+        let mut last = 0;
+        for _ in 0..members.len() {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(latency)) => last = last.max(latency),
+                _ => anyhow::bail!(
+                    "{}: a group member did not receive a message within 10 s",
+                    target.name
+                ),
+            }
+        }
+        let _ = h.record(last.max(1));
+    }
+    drain.abort();
+    for t in tasks {
+        t.abort();
+    }
+    eprintln!(
+        "{}: group last-member p50 {:.2} ms p99 {:.2} ms",
+        target.name,
+        ms(&h, 0.5),
+        ms(&h, 0.99)
+    );
+    Ok(h)
+}
+
+async fn history(target: &Target, sizes: &Sizes) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let chat = target
+        .create_chat("h1", &["h2".to_string()], None)
+        .await?
+        .unwrap_or_default();
+    let ws = target.connect("h1", 1).await?;
+    // Seed through the protocol, keeping a window of unacked sends.
+    let (mut sink, mut stream) = ws.split();
+    let total = sizes.history_messages;
+    let window = Arc::new(Semaphore::new(256));
+    let w = window.clone();
+    let chat2 = chat.clone();
+    let seeding = tokio::spawn(async move {
+        use futures_util::SinkExt;
+        for i in 0..total {
+            let Ok(permit) = w.acquire().await else { break };
+            permit.forget();
+            let frame = serde_json::json!({"type":"sendMessage","chatId":chat2,"content":format!("history message {i}"),"timestamp":i,"clientMsgId":format!("h{i}")});
+            if sink
+                .send(tokio_tungstenite::tungstenite::Message::Text(
+                    frame.to_string().into(),
+                ))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut ids = Vec::with_capacity(total);
+    let started = Instant::now();
+    while ids.len() < total && started.elapsed() < Duration::from_secs(600) {
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) =
+            tokio::time::timeout(Duration::from_secs(10), stream.next()).await
+        else {
+            anyhow::bail!("seeding history stalled at {} messages", ids.len());
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text)?;
+        if frame["type"] == "ack" {
+            ids.push(frame["messageId"].as_str().unwrap_or("0").to_owned());
+            window.add_permits(1);
+        }
+    }
+    seeding.await?;
+    eprintln!(
+        "seeded {} messages in {:.1} s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let ids = Arc::new(ids);
+    let deadline = Instant::now() + sizes.duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let clients = (0..sizes.history_clients).map(|c| {
+        let (ids, done, http) = (ids.clone(), done.clone(), target.http().clone());
+        let url = format!("{}/api/v1/chats/{chat}/messages", target.base);
+        let token = Target::token("h2");
+        async move {
+            let mut h = histogram();
+            let mut i = c * 7919;
+            while Instant::now() < deadline {
+                i = (i + 104_729) % ids.len().max(1);
+                let started = Instant::now();
+                let resp = http
+                    .get(&url)
+                    .query(&[("cursor", ids[i].as_str()), ("limit", "50")])
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                if matches!(resp, Ok(ref r) if r.status().is_success()) {
+                    let _ = resp.map(|r| r.bytes());
+                    let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            h
+        }
+    });
+    let mut all = histogram();
+    for h in join_all(clients).await {
+        let _ = all.add(h);
+    }
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / sizes.duration.as_secs_f64(),
+        all,
+    ))
+}
+
+async fn idle(target: &Target, n: usize) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = target.rss_kib().unwrap_or(0);
+    let mut sockets = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let opened = join_all(chunk.iter().map(|i| async move {
+            let user = format!("idle{i}");
+            target.connect(&user, 1 + (i % 200) as u8).await
+        }))
+        .await;
+        for socket in opened {
+            sockets.push(socket?);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = target.rss_kib().unwrap_or(0);
+    let per = after.saturating_sub(before) as f64 / n as f64;
+    eprintln!(
+        "{}: {n} idle connections: RSS {before} -> {after} KiB ({per:.1} KiB each)",
+        target.name
+    );
+    drop(sockets);
+    Ok(per)
+}

@@ -1,0 +1,182 @@
+//! The servers under test, each a separate process, and clients for them.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The sending half of a socket whose reads are drained elsewhere.
+pub type Sender = futures_util::stream::SplitSink<Socket, Message>;
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+
+/// A server process: Switchboard, or the baseline relay.
+pub struct Target {
+    pub name: &'static str,
+    pub base: String,
+    child: Child,
+    _data: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Target {
+    /// Switchboard on the embedded backend, with a fresh data directory.
+    pub async fn switchboard(bin: &Path) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--listen=127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg(format!("--jwt-secret={SECRET}"))
+            .env("RUST_LOG", "error");
+        Self::spawn("switchboard", cmd, Some(data)).await
+    }
+
+    /// The bare relay (this binary's `relay` subcommand).
+    pub async fn relay() -> anyhow::Result<Self> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("relay");
+        Self::spawn("bare relay", cmd, None).await
+    }
+
+    async fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        data: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<Self> {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let line = tokio::time::timeout(
+            Duration::from_secs(60),
+            BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .context("server start timed out")??
+        .context("server exited")?;
+        let base = line
+            .strip_prefix("switchboard listening on ")
+            .context("unexpected first line")?
+            .trim()
+            .to_owned();
+        Ok(Self {
+            name,
+            base,
+            child,
+            _data: data,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn token(user: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + 3600;
+        let claims = json!({"sub": user, "exp": exp});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap_or_default()
+    }
+
+    /// Opens a WebSocket for `user` from local address `127.0.0.<source>`,
+    /// so thousands of connections do not exhaust one address's ports.
+    pub async fn connect(&self, user: &str, source: u8) -> anyhow::Result<Socket> {
+        let url = format!(
+            "{}/chat/connect?userId={user}&token={}",
+            self.base.replacen("http", "ws", 1),
+            Self::token(user)
+        );
+        let addr: std::net::SocketAddr = self.base.trim_start_matches("http://").parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
+        let stream = socket.connect(addr).await?;
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        Ok(ws)
+    }
+
+    /// Creates a chat (a no-op answer from the relay is fine: it has no chats).
+    pub async fn create_chat(
+        &self,
+        creator: &str,
+        members: &[String],
+        name: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut body = json!({"members": members});
+        if let Some(name) = name {
+            body["name"] = name.into();
+        }
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/chats", self.base))
+            .bearer_auth(Self::token(creator))
+            .json(&body)
+            .send()
+            .await;
+        match resp {
+            Ok(resp) if resp.status().is_success() => Ok(resp.json::<Value>().await?["chatId"]
+                .as_str()
+                .map(str::to_owned)),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Resident memory of the server process, KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+/// Sends one chat message whose content is its send time (µs since the Unix epoch).
+pub async fn send_stamped(ws: &mut Sender, chat: &str, client_id: u64) -> anyhow::Result<()> {
+    let frame = json!({"type":"sendMessage","chatId":chat,"content":now_micros().to_string(),"timestamp":0,"clientMsgId":client_id.to_string()});
+    ws.send(Message::Text(frame.to_string().into())).await?;
+    Ok(())
+}
+
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The next `receiveMessage`'s latency in µs (from its stamped content), skipping other frames.
+pub async fn recv_latency(ws: &mut Socket) -> Option<u64> {
+    while let Some(Ok(message)) = ws.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if frame["type"] == "receiveMessage" {
+            let sent: u64 = frame["content"].as_str()?.parse().ok()?;
+            return Some(now_micros().saturating_sub(sent));
+        }
+    }
+    None
+}
