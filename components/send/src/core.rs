@@ -4,7 +4,8 @@
 //! Every valid `sendMessage` between two other frames is appended in one
 //! store call (one durable commit); its `sent` ack goes out only after the
 //! store said it is durable. A batch's `ack` or `typing` frame first flushes
-//! the sends queued before it, so effects keep the order of the frames.
+//! the sends queued before it, and a refused `sendMessage` waits in the same
+//! queue, so effects and replies keep the order of the frames.
 
 use std::collections::HashMap;
 
@@ -136,10 +137,18 @@ impl Refusal {
     }
 }
 
-/// A validated `sendMessage` waiting for the batch's append.
-struct PendingSend {
-    connection: u64,
-    message: NewMessage,
+/// A `sendMessage` waiting for the batch's append: either a valid message
+/// to store, or a refusal held back so that it is not sent ahead of the
+/// `sent` acks of earlier frames.
+enum PendingSend {
+    Store {
+        connection: u64,
+        message: NewMessage,
+    },
+    Refused {
+        connection: u64,
+        reply: String,
+    },
 }
 
 /// Handles a batch of frames; returns the messages it newly stored, for fan-out.
@@ -207,7 +216,15 @@ impl<P: Platform> Batch<'_, P> {
         };
         if let Err((refusal, client_msg_id)) = result {
             let reply = frames::error(refusal.code, &refusal.message, client_msg_id.as_deref());
-            self.platform.send_to_connection(frame.connection, &reply);
+            if self.pending.is_empty() {
+                self.platform.send_to_connection(frame.connection, &reply);
+            } else {
+                // Sends are queued: this reply waits for their acks.
+                self.pending.push(PendingSend::Refused {
+                    connection: frame.connection,
+                    reply,
+                });
+            }
         }
     }
 
@@ -257,7 +274,7 @@ impl<P: Platform> Batch<'_, P> {
             None => return Err(fail(Refusal::invalid("timestamp is required"))),
         };
         self.chat_of_member(chat, &frame.user_id).map_err(fail)?;
-        self.pending.push(PendingSend {
+        self.pending.push(PendingSend::Store {
             connection: frame.connection,
             message: NewMessage {
                 chat_id: chat.to_owned(),
@@ -270,25 +287,44 @@ impl<P: Platform> Batch<'_, P> {
         Ok(())
     }
 
-    /// Appends the queued sends in one store call, then acks each.
+    /// Appends the queued sends in one store call, then answers each
+    /// queued frame in order.
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let messages = pending.iter().map(|p| p.message.clone()).collect();
-        let results = self.platform.append(messages);
-        for (i, p) in pending.into_iter().enumerate() {
-            let client_msg_id = p.message.client_msg_id;
-            match results
-                .get(i)
-                .cloned()
-                .unwrap_or(Err(StoreError::Unavailable))
-            {
+        let messages: Vec<NewMessage> = pending
+            .iter()
+            .filter_map(|p| match p {
+                PendingSend::Store { message, .. } => Some(message.clone()),
+                PendingSend::Refused { .. } => None,
+            })
+            .collect();
+        let results = if messages.is_empty() {
+            Vec::new()
+        } else {
+            self.platform.append(messages)
+        };
+        // A host that answers fewer results than messages stored nothing we
+        // can vouch for: the missing ones are unavailable, to be retried.
+        let mut results = results.into_iter();
+        for p in pending {
+            let (connection, client_msg_id) = match p {
+                PendingSend::Refused { connection, reply } => {
+                    self.platform.send_to_connection(connection, &reply);
+                    continue;
+                }
+                PendingSend::Store {
+                    connection,
+                    message,
+                } => (connection, message.client_msg_id),
+            };
+            match results.next().unwrap_or(Err(StoreError::Unavailable)) {
                 Ok(appended) => {
                     let m = &appended.message;
                     self.platform.send_to_connection(
-                        p.connection,
+                        connection,
                         &frames::sent_ack(m.id, &m.chat_id, &client_msg_id),
                     );
                     // A repeat was delivered when it was first stored.
@@ -299,7 +335,7 @@ impl<P: Platform> Batch<'_, P> {
                 Err(e) => {
                     let r = Refusal::store(e);
                     let reply = frames::error(r.code, &r.message, Some(&client_msg_id));
-                    self.platform.send_to_connection(p.connection, &reply);
+                    self.platform.send_to_connection(connection, &reply);
                 }
             }
         }
@@ -333,6 +369,16 @@ impl<P: Platform> Batch<'_, P> {
                     "no such message in this chat",
                 ))
             })?;
+        let notifies_sender = info.kind == ChatKind::Group && message.sender_id != user;
+        // A `read` also raises `delivered`, so in a group it may complete
+        // delivery too; this member's mark before the update tells whether it
+        // did. Others' marks are read after it, so of two concurrent last
+        // acks both notify rather than neither.
+        let delivered_before = if notifies_sender && kind == ReceiptKind::Read {
+            Some(self.marks_of(chat, user).map_err(fail)?.delivered_up_to)
+        } else {
+            None
+        };
         let (_, moved) = self
             .platform
             .advance_receipt(chat, user, kind, id)
@@ -356,24 +402,34 @@ impl<P: Platform> Batch<'_, P> {
                 let ack = frames::receipt_ack(id, chat, status.as_str(), Some(user));
                 self.platform.send_to_users(&peers, &ack, None);
             }
-            ChatKind::Group => {
-                // The sender hears once, when the last member gets there.
-                if message.sender_id == user {
-                    return Ok(());
-                }
+            // The sender hears once per status, when the last member gets there.
+            ChatKind::Group if notifies_sender => {
                 let marks: HashMap<String, Marks> = self
                     .platform
                     .receipts(chat)
                     .map_err(|e| fail(Refusal::store(e)))?
                     .into_iter()
                     .collect();
-                let everyone = info
-                    .members
-                    .iter()
-                    .filter(|m| **m != message.sender_id)
-                    .all(|m| Status::of(marks.get(m).copied().unwrap_or_default(), id) >= status);
-                if everyone {
-                    let ack = frames::receipt_ack(id, chat, status.as_str(), None);
+                let everyone_reached = |wanted: Status| {
+                    info.members
+                        .iter()
+                        .filter(|m| **m != message.sender_id)
+                        .all(|m| {
+                            Status::of(marks.get(m).copied().unwrap_or_default(), id) >= wanted
+                        })
+                };
+                // `read` by all implies `delivered` by all: one frame says both.
+                let reached = if everyone_reached(status) {
+                    Some(status)
+                } else if delivered_before.is_some_and(|before| before < id)
+                    && everyone_reached(Status::Delivered)
+                {
+                    Some(Status::Delivered)
+                } else {
+                    None
+                };
+                if let Some(reached) = reached {
+                    let ack = frames::receipt_ack(id, chat, reached.as_str(), None);
                     self.platform.send_to_users(
                         std::slice::from_ref(&message.sender_id),
                         &ack,
@@ -381,8 +437,19 @@ impl<P: Platform> Batch<'_, P> {
                     );
                 }
             }
+            ChatKind::Group => {}
         }
         Ok(())
+    }
+
+    /// `user`'s receipt marks in `chat` (default when it has none yet).
+    fn marks_of(&self, chat: &str, user: &str) -> Result<Marks, Refusal> {
+        let all = self.platform.receipts(chat).map_err(Refusal::store)?;
+        Ok(all
+            .into_iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, m)| m)
+            .unwrap_or_default())
     }
 
     fn typing(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
@@ -422,6 +489,8 @@ mod tests {
         appends: RefCell<usize>,
         marks: RefCell<Vec<String>>,
         down: bool,
+        /// When set, every append fails with this error.
+        append_error: Option<StoreError>,
     }
 
     impl Fake {
@@ -450,6 +519,9 @@ mod tests {
 
         fn append(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
             *self.appends.borrow_mut() += 1;
+            if let Some(e) = &self.append_error {
+                return batch.iter().map(|_| Err(e.clone())).collect();
+            }
             let mut messages = self.messages.borrow_mut();
             batch
                 .into_iter()
@@ -790,5 +862,99 @@ mod tests {
             ],
         );
         assert_eq!(p.to_users.borrow().len(), 1);
+    }
+
+    /// A refused send between two valid ones is answered between their acks, and the valid ones still share one append.
+    #[test]
+    fn refused_send_is_answered_in_frame_order() {
+        let p = direct();
+        let stored = handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                send("alice", "dm:alice:bob", "b", ""),
+                send("alice", "dm:alice:bob", "c", "yo"),
+            ],
+        );
+        assert_eq!(stored.len(), 2);
+        assert_eq!(*p.appends.borrow(), 1);
+        let replies: Vec<(Value, Value)> = p
+            .replies()
+            .into_iter()
+            .map(|(_, r)| (r["clientMsgId"].clone(), r["type"].clone()))
+            .collect();
+        assert_eq!(
+            replies,
+            vec![
+                (json!("a"), json!("ack")),
+                (json!("b"), json!("error")),
+                (json!("c"), json!("ack")),
+            ]
+        );
+    }
+
+    /// An append that fails is `unavailable` (retry) or `internal`, echoing the clientMsgId, and nothing is fanned out.
+    #[test]
+    fn append_failures_are_reported_per_message() {
+        for (error, code) in [
+            (StoreError::Unavailable, "unavailable"),
+            (StoreError::Invalid, "internal"),
+        ] {
+            let p = Fake {
+                append_error: Some(error),
+                ..direct()
+            };
+            let stored = handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+            assert!(stored.is_empty());
+            let replies = p.replies();
+            assert_eq!(replies.len(), 1);
+            assert_eq!(replies[0].1["code"], code);
+            assert_eq!(replies[0].1["clientMsgId"], "a");
+        }
+    }
+
+    /// A group sender hears `delivered` once and `read` once; stale acks and the sender's own acks add nothing.
+    #[test]
+    fn group_sender_hears_each_status_once() {
+        let p = Fake::default().with_chat("g:1", ChatKind::Group, &["alice", "bob", "carol"]);
+        handle_frames(&p, vec![send("alice", "g:1", "a", "hi")]);
+        handle_frames(
+            &p,
+            vec![
+                ack("bob", "g:1", 100, "delivered"),
+                ack("carol", "g:1", 100, "delivered"),
+                ack("bob", "g:1", 100, "delivered"),
+                ack("alice", "g:1", 100, "read"),
+                ack("bob", "g:1", 100, "read"),
+                ack("carol", "g:1", 100, "read"),
+            ],
+        );
+        let sent = p.to_users.borrow().clone();
+        let statuses: Vec<Value> = sent.iter().map(|(_, f)| f["status"].clone()).collect();
+        assert_eq!(statuses, vec![json!("delivered"), json!("read")]);
+        assert!(
+            sent.iter()
+                .all(|(to, f)| to == &["alice"] && f.get("userId").is_none())
+        );
+    }
+
+    /// A `read` that is also the last member's delivery tells the sender `delivered` (not yet `read`, others have not read).
+    #[test]
+    fn group_read_can_complete_delivery() {
+        let p = Fake::default().with_chat("g:1", ChatKind::Group, &["alice", "bob", "carol"]);
+        handle_frames(&p, vec![send("alice", "g:1", "a", "hi")]);
+        handle_frames(
+            &p,
+            vec![
+                ack("carol", "g:1", 100, "delivered"),
+                ack("bob", "g:1", 100, "read"),
+            ],
+        );
+        let sent = p.to_users.borrow().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].1,
+            json!({"type":"ack","messageId":"100","chatId":"g:1","status":"delivered"})
+        );
     }
 }
