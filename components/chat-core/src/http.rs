@@ -8,6 +8,28 @@ use serde_json::{Value, json};
 /// The header in which the gateway names the authenticated caller.
 pub const USER_HEADER: &str = "x-switchboard-user";
 
+/// Why a platform call failed, reduced to what an HTTP reply depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The backend is down or slow: `503`, and the client may retry.
+    Unavailable,
+    /// The addressed chat does not exist (any more): `404`.
+    NotFound,
+    /// A conflict or a broken backend limit: `500`, since the same request
+    /// would fail again, telling the client to retry would be wrong.
+    Failed,
+}
+
+impl From<StoreFailure> for Reply {
+    fn from(failure: StoreFailure) -> Self {
+        match failure {
+            StoreFailure::Unavailable => Self::unavailable(),
+            StoreFailure::NotFound => Self::chat_not_found(),
+            StoreFailure::Failed => Self::internal(),
+        }
+    }
+}
+
 /// An HTTP response: a status and a JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
@@ -121,6 +143,15 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    /// Only an outage asks the client to retry; other failures are 404 or 500.
+    #[test]
+    fn store_failures_map_to_statuses() {
+        let status = |f| Reply::from(f).status;
+        assert_eq!(status(StoreFailure::Unavailable), 503);
+        assert_eq!(status(StoreFailure::NotFound), 404);
+        assert_eq!(status(StoreFailure::Failed), 500);
     }
 
     /// API paths split into decoded segments.

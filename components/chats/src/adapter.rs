@@ -4,13 +4,22 @@ use chat_core::http::USER_HEADER;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
-use crate::core::{self, Chat, ChatKind, Unavailable, UpdateError};
+use crate::core::{self, Chat, ChatKind, StoreFailure, UpdateError};
 
 wit_bindgen::generate!({ path: "../../wit", world: "http-platform" });
 
 use chat::platform::{config, delivery, ids, membership, types};
 
 struct Host;
+
+/// What the reply depends on; the backend's detail was logged by the host.
+fn failure(e: types::StoreError) -> StoreFailure {
+    match e {
+        types::StoreError::Unavailable => StoreFailure::Unavailable,
+        types::StoreError::NotFound => StoreFailure::NotFound,
+        types::StoreError::Conflict(_) | types::StoreError::Invalid(_) => StoreFailure::Failed,
+    }
+}
 
 fn from_wit(c: types::Chat) -> Chat {
     Chat {
@@ -56,14 +65,14 @@ impl core::Platform for Host {
         ids::next_id()
     }
 
-    fn get_chat(&self, id: &str) -> Result<Option<Chat>, Unavailable> {
+    fn get_chat(&self, id: &str) -> Result<Option<Chat>, StoreFailure> {
         membership::get_chat(id)
             .map(|c| c.map(from_wit))
-            .map_err(|_| Unavailable)
+            .map_err(failure)
     }
 
-    fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), Unavailable> {
-        let (chat, created) = membership::create_chat(&to_wit(chat)).map_err(|_| Unavailable)?;
+    fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), StoreFailure> {
+        let (chat, created) = membership::create_chat(&to_wit(chat)).map_err(failure)?;
         Ok((from_wit(chat), created))
     }
 
@@ -79,7 +88,8 @@ impl core::Platform for Host {
             .map_err(|e| match e {
                 types::StoreError::Conflict(_) => UpdateError::Conflict,
                 types::StoreError::NotFound => UpdateError::NotFound,
-                _ => UpdateError::Unavailable,
+                types::StoreError::Unavailable => UpdateError::Unavailable,
+                types::StoreError::Invalid(_) => UpdateError::Failed,
             })
     }
 
@@ -87,10 +97,10 @@ impl core::Platform for Host {
         delivery::send_to_users(users, frame, None);
     }
 
-    fn chats_of(&self, user: &str) -> Result<Vec<Chat>, Unavailable> {
+    fn chats_of(&self, user: &str) -> Result<Vec<Chat>, StoreFailure> {
         membership::chats_of(user)
             .map(|cs| cs.into_iter().map(from_wit).collect())
-            .map_err(|_| Unavailable)
+            .map_err(failure)
     }
 }
 

@@ -9,6 +9,7 @@
 //!   change that would pass the limit changes nothing. Every member before
 //!   and after a change gets a `chatUpdated` frame.
 
+pub use chat_core::http::StoreFailure;
 use chat_core::http::{Reply, api_segments};
 use chat_core::{direct_chat_id, valid_user_id};
 use serde_json::{Value, json};
@@ -30,10 +31,6 @@ pub struct Chat {
     pub created_at: i64,
 }
 
-/// The storage is down or slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
 /// Why a membership update was not applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdateError {
@@ -41,6 +38,8 @@ pub enum UpdateError {
     Conflict,
     NotFound,
     Unavailable,
+    /// Any other backend failure; retrying will not help.
+    Failed,
 }
 
 /// What chat management needs from the host.
@@ -48,10 +47,10 @@ pub trait Platform {
     fn max_group_members(&self) -> u32;
     fn now_ms(&self) -> i64;
     fn next_id(&self) -> u64;
-    fn get_chat(&self, id: &str) -> Result<Option<Chat>, Unavailable>;
+    fn get_chat(&self, id: &str) -> Result<Option<Chat>, StoreFailure>;
     /// Stores the chat unless its id exists; the stored chat and whether it is new.
-    fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), Unavailable>;
-    fn chats_of(&self, user: &str) -> Result<Vec<Chat>, Unavailable>;
+    fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), StoreFailure>;
+    fn chats_of(&self, user: &str) -> Result<Vec<Chat>, StoreFailure>;
     /// Replaces members and admins if the members are still `expected`.
     fn update_members(
         &self,
@@ -115,10 +114,6 @@ pub fn handle(platform: &impl Platform, request: &Request<'_>) -> Reply {
         _ => Err(Reply::not_found()),
     };
     result.unwrap_or_else(|reply| reply)
-}
-
-fn unavailable(_: Unavailable) -> Reply {
-    Reply::unavailable()
 }
 
 fn create(platform: &impl Platform, user: &str, body: &[u8]) -> Result<Reply, Reply> {
@@ -188,7 +183,7 @@ fn create(platform: &impl Platform, user: &str, body: &[u8]) -> Result<Reply, Re
             created_at: platform.now_ms(),
         }
     };
-    let (chat, created) = platform.create_chat(chat).map_err(unavailable)?;
+    let (chat, created) = platform.create_chat(chat).map_err(Reply::from)?;
     let body = chat_json(&chat);
     Ok(if created {
         Reply::created(body)
@@ -198,14 +193,14 @@ fn create(platform: &impl Platform, user: &str, body: &[u8]) -> Result<Reply, Re
 }
 
 fn list(platform: &impl Platform, user: &str) -> Result<Reply, Reply> {
-    let chats = platform.chats_of(user).map_err(unavailable)?;
+    let chats = platform.chats_of(user).map_err(Reply::from)?;
     Ok(Reply::ok(
         json!({ "chats": chats.iter().map(chat_json).collect::<Vec<_>>() }),
     ))
 }
 
 fn show(platform: &impl Platform, user: &str, id: &str) -> Result<Reply, Reply> {
-    let chat = platform.get_chat(id).map_err(unavailable)?;
+    let chat = platform.get_chat(id).map_err(Reply::from)?;
     match chat {
         Some(chat) if chat.members.iter().any(|m| m == user) => Ok(Reply::ok(chat_json(&chat))),
         _ => Err(Reply::chat_not_found()),
@@ -217,7 +212,7 @@ const UPDATE_ATTEMPTS: usize = 3;
 
 /// A group the caller belongs to, or the refusal to give.
 fn group_of_member(platform: &impl Platform, user: &str, id: &str) -> Result<Chat, Reply> {
-    let chat = platform.get_chat(id).map_err(unavailable)?;
+    let chat = platform.get_chat(id).map_err(Reply::from)?;
     let chat = chat
         .filter(|c| c.members.iter().any(|m| m == user))
         .ok_or_else(Reply::chat_not_found)?;
@@ -270,6 +265,7 @@ fn change_members(
             Err(UpdateError::Conflict) => continue,
             Err(UpdateError::NotFound) => return Err(Reply::chat_not_found()),
             Err(UpdateError::Unavailable) => return Err(Reply::unavailable()),
+            Err(UpdateError::Failed) => return Err(Reply::internal()),
         }
     }
     Err(Reply::error(
@@ -389,6 +385,8 @@ mod tests {
         chats: RefCell<Vec<Chat>>,
         ids: RefCell<u64>,
         sent: RefCell<Vec<(Vec<String>, Value)>>,
+        /// When set, creating a chat fails so.
+        create_failure: Option<StoreFailure>,
     }
 
     impl Platform for Fake {
@@ -405,11 +403,14 @@ mod tests {
             *self.ids.borrow()
         }
 
-        fn get_chat(&self, id: &str) -> Result<Option<Chat>, Unavailable> {
+        fn get_chat(&self, id: &str) -> Result<Option<Chat>, StoreFailure> {
             Ok(self.chats.borrow().iter().find(|c| c.id == id).cloned())
         }
 
-        fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), Unavailable> {
+        fn create_chat(&self, chat: Chat) -> Result<(Chat, bool), StoreFailure> {
+            if let Some(failure) = self.create_failure {
+                return Err(failure);
+            }
             if let Some(existing) = self.get_chat(&chat.id)? {
                 return Ok((existing, false));
             }
@@ -417,7 +418,7 @@ mod tests {
             Ok((chat, true))
         }
 
-        fn chats_of(&self, user: &str) -> Result<Vec<Chat>, Unavailable> {
+        fn chats_of(&self, user: &str) -> Result<Vec<Chat>, StoreFailure> {
             Ok(self
                 .chats
                 .borrow()
@@ -688,5 +689,21 @@ mod tests {
             },
         );
         assert_eq!(delete.status, 405);
+    }
+
+    /// A backend outage is 503 (retry); a backend refusal is 500, not a retry loop.
+    #[test]
+    fn store_failures() {
+        for (failure, status) in [
+            (StoreFailure::Unavailable, 503),
+            (StoreFailure::Failed, 500),
+        ] {
+            let p = Fake {
+                create_failure: Some(failure),
+                ..Fake::default()
+            };
+            let reply = post(&p, "alice", json!({"members": ["bob"]}));
+            assert_eq!(reply.status, status, "{failure:?}");
+        }
     }
 }

@@ -5,13 +5,22 @@ use chat_core::receipts::Marks;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
-use crate::core::{self, Message, Unavailable};
+use crate::core::{self, Message, StoreFailure};
 
 wit_bindgen::generate!({ path: "../../wit", world: "http-platform" });
 
 use chat::platform::{membership, message_store, types};
 
 struct Host;
+
+/// What the reply depends on; the backend's detail was logged by the host.
+fn failure(e: types::StoreError) -> StoreFailure {
+    match e {
+        types::StoreError::Unavailable => StoreFailure::Unavailable,
+        types::StoreError::NotFound => StoreFailure::NotFound,
+        types::StoreError::Conflict(_) | types::StoreError::Invalid(_) => StoreFailure::Failed,
+    }
+}
 
 fn message(m: types::Message) -> Message {
     Message {
@@ -24,8 +33,8 @@ fn message(m: types::Message) -> Message {
 }
 
 impl core::Platform for Host {
-    fn members(&self, chat: &str) -> Result<Option<Vec<String>>, Unavailable> {
-        let found = membership::get_chat(chat).map_err(|_| Unavailable)?;
+    fn members(&self, chat: &str) -> Result<Option<Vec<String>>, StoreFailure> {
+        let found = membership::get_chat(chat).map_err(failure)?;
         Ok(found.map(|c| c.members))
     }
 
@@ -34,24 +43,24 @@ impl core::Platform for Host {
         chat: &str,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Message>, Unavailable> {
-        let page = message_store::page_before(chat, before, limit).map_err(|_| Unavailable)?;
+    ) -> Result<Vec<Message>, StoreFailure> {
+        let page = message_store::page_before(chat, before, limit).map_err(failure)?;
         Ok(page.into_iter().map(message).collect())
     }
 
-    fn page_after(&self, chat: &str, after: u64, limit: u32) -> Result<Vec<Message>, Unavailable> {
-        let page = message_store::page_after(chat, after, limit).map_err(|_| Unavailable)?;
+    fn page_after(&self, chat: &str, after: u64, limit: u32) -> Result<Vec<Message>, StoreFailure> {
+        let page = message_store::page_after(chat, after, limit).map_err(failure)?;
         Ok(page.into_iter().map(message).collect())
     }
 
-    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, Unavailable> {
+    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, StoreFailure> {
         message_store::get(chat, id)
             .map(|m| m.map(message))
-            .map_err(|_| Unavailable)
+            .map_err(failure)
     }
 
-    fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, Unavailable> {
-        let all = message_store::receipts(chat).map_err(|_| Unavailable)?;
+    fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreFailure> {
+        let all = message_store::receipts(chat).map_err(failure)?;
         Ok(all
             .into_iter()
             .map(|r| {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+pub use chat_core::http::StoreFailure;
 use chat_core::http::{Reply, api_segments, query_pairs};
 use chat_core::ids::parse_message_id;
 use chat_core::receipts::{Marks, Status, aggregate};
@@ -21,23 +22,19 @@ pub struct Message {
     pub timestamp: i64,
 }
 
-/// The storage is down or slow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
-
 /// What history needs from the host.
 pub trait Platform {
     /// The chat's current members, `None` if there is no such chat.
-    fn members(&self, chat: &str) -> Result<Option<Vec<String>>, Unavailable>;
+    fn members(&self, chat: &str) -> Result<Option<Vec<String>>, StoreFailure>;
     fn page_before(
         &self,
         chat: &str,
         before: Option<u64>,
         limit: u32,
-    ) -> Result<Vec<Message>, Unavailable>;
-    fn page_after(&self, chat: &str, after: u64, limit: u32) -> Result<Vec<Message>, Unavailable>;
-    fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, Unavailable>;
-    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, Unavailable>;
+    ) -> Result<Vec<Message>, StoreFailure>;
+    fn page_after(&self, chat: &str, after: u64, limit: u32) -> Result<Vec<Message>, StoreFailure>;
+    fn receipts(&self, chat: &str) -> Result<Vec<(String, Marks)>, StoreFailure>;
+    fn get(&self, chat: &str, id: u64) -> Result<Option<Message>, StoreFailure>;
 }
 
 /// An HTTP request, reduced to what the core reads.
@@ -131,18 +128,17 @@ fn message_receipts(
 ) -> Result<Reply, Reply> {
     let id =
         parse_message_id(id).ok_or_else(|| Reply::bad_request("messageId must be a message id"))?;
-    let unavailable = |_| Reply::unavailable();
-    let members = platform.members(chat).map_err(unavailable)?;
+    let members = platform.members(chat).map_err(Reply::from)?;
     let members = members
         .filter(|m| m.iter().any(|u| u == user))
         .ok_or_else(Reply::chat_not_found)?;
     let message = platform
         .get(chat, id)
-        .map_err(unavailable)?
+        .map_err(Reply::from)?
         .ok_or_else(|| Reply::error(404, "message_not_found", "no such message in this chat"))?;
     let marks: HashMap<String, Marks> = platform
         .receipts(chat)
-        .map_err(unavailable)?
+        .map_err(Reply::from)?
         .into_iter()
         .collect();
     let receipts: Vec<Value> = members
@@ -174,8 +170,7 @@ fn messages_page(
     query: &str,
 ) -> Result<Reply, Reply> {
     let page = parse_page(query)?;
-    let unavailable = |_| Reply::unavailable();
-    let members = platform.members(chat).map_err(unavailable)?;
+    let members = platform.members(chat).map_err(Reply::from)?;
     let members = members
         .filter(|m| m.iter().any(|u| u == user))
         .ok_or_else(Reply::chat_not_found)?;
@@ -185,13 +180,13 @@ fn messages_page(
         Direction::Before(cursor) => platform.page_before(chat, cursor, probe),
         Direction::After(after) => platform.page_after(chat, after, probe),
     }
-    .map_err(unavailable)?;
+    .map_err(Reply::from)?;
     let more = messages.len() > page.limit as usize;
     messages.truncate(page.limit as usize);
 
     let marks: HashMap<String, Marks> = platform
         .receipts(chat)
-        .map_err(unavailable)?
+        .map_err(Reply::from)?
         .into_iter()
         .collect();
     let marks_of = |u: &str| marks.get(u).copied().unwrap_or_default();
@@ -229,7 +224,8 @@ mod tests {
         members: Vec<String>,
         messages: Vec<Message>,
         receipts: Vec<(String, Marks)>,
-        down: bool,
+        /// When set, reading the chat fails so.
+        failure: Option<StoreFailure>,
     }
 
     impl Fake {
@@ -251,15 +247,15 @@ mod tests {
                 members: vec!["alice".into(), "bob".into()],
                 messages,
                 receipts: vec![],
-                down: false,
+                failure: None,
             }
         }
     }
 
     impl Platform for Fake {
-        fn members(&self, chat: &str) -> Result<Option<Vec<String>>, Unavailable> {
-            if self.down {
-                return Err(Unavailable);
+        fn members(&self, chat: &str) -> Result<Option<Vec<String>>, StoreFailure> {
+            if let Some(failure) = self.failure {
+                return Err(failure);
             }
             Ok((chat == "dm:alice:bob").then(|| self.members.clone()))
         }
@@ -269,7 +265,7 @@ mod tests {
             _: &str,
             before: Option<u64>,
             limit: u32,
-        ) -> Result<Vec<Message>, Unavailable> {
+        ) -> Result<Vec<Message>, StoreFailure> {
             let before = before.unwrap_or(u64::MAX);
             Ok(self
                 .messages
@@ -281,7 +277,12 @@ mod tests {
                 .collect())
         }
 
-        fn page_after(&self, _: &str, after: u64, limit: u32) -> Result<Vec<Message>, Unavailable> {
+        fn page_after(
+            &self,
+            _: &str,
+            after: u64,
+            limit: u32,
+        ) -> Result<Vec<Message>, StoreFailure> {
             Ok(self
                 .messages
                 .iter()
@@ -291,11 +292,11 @@ mod tests {
                 .collect())
         }
 
-        fn receipts(&self, _: &str) -> Result<Vec<(String, Marks)>, Unavailable> {
+        fn receipts(&self, _: &str) -> Result<Vec<(String, Marks)>, StoreFailure> {
             Ok(self.receipts.clone())
         }
 
-        fn get(&self, _: &str, id: u64) -> Result<Option<Message>, Unavailable> {
+        fn get(&self, _: &str, id: u64) -> Result<Option<Message>, StoreFailure> {
             Ok(self.messages.iter().find(|m| m.id == id).cloned())
         }
     }
@@ -345,7 +346,7 @@ mod tests {
         assert!(second.body.get("nextCursor").is_none());
     }
 
-    /// Bad parameters are 400s; strangers get 404; no caller is 401; an outage is 503.
+    /// Bad parameters are 400s; strangers get 404; no caller is 401; an outage is 503, other backend failures 500.
     #[test]
     fn refusals() {
         let p = Fake::new(3);
@@ -381,18 +382,17 @@ mod tests {
             user: Some("alice"),
         };
         assert_eq!(handle(&p, &post).status, 405);
-        assert_eq!(
-            get(
-                &Fake {
-                    down: true,
-                    ..Fake::new(1)
-                },
-                "alice",
-                ""
-            )
-            .status,
-            503
-        );
+        for (failure, status) in [
+            (StoreFailure::Unavailable, 503),
+            (StoreFailure::NotFound, 404),
+            (StoreFailure::Failed, 500),
+        ] {
+            let broken = Fake {
+                failure: Some(failure),
+                ..Fake::new(1)
+            };
+            assert_eq!(get(&broken, "alice", "").status, status, "{failure:?}");
+        }
     }
 
     /// Status is the caller's view: own messages by the slowest other member, others' by the caller's receipt.
