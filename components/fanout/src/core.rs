@@ -121,4 +121,43 @@ mod tests {
         fanout(&p, vec![stored(1, "gone"), stored(2, "g:1")]);
         assert_eq!(p.sent.borrow().len(), 1);
     }
+
+    /// In a batch spanning chats, each message reaches its own chat's members, each chat is read once, and a message with no origin skips no connection.
+    #[test]
+    fn mixed_batch_routes_per_chat() {
+        let mut p = Fake::default();
+        p.chats
+            .insert("dm:alice:bob".into(), vec!["alice".into(), "bob".into()]);
+        p.chats
+            .insert("g:1".into(), vec!["alice".into(), "carol".into()]);
+        let no_origin = Stored {
+            origin: None,
+            ..stored(3, "dm:alice:bob")
+        };
+        fanout(
+            &p,
+            vec![
+                stored(1, "dm:alice:bob"),
+                stored(2, "g:1"),
+                no_origin,
+                stored(4, "g:1"),
+            ],
+        );
+        let sent = p.sent.borrow();
+        let routes: Vec<(Vec<String>, String, Option<u64>)> = sent
+            .iter()
+            .map(|(to, f, skip)| (to.clone(), f["messageId"].as_str().unwrap().into(), *skip))
+            .collect();
+        let members = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            routes,
+            vec![
+                (members(&["alice", "bob"]), "1".into(), Some(3)),
+                (members(&["alice", "carol"]), "2".into(), Some(3)),
+                (members(&["alice", "bob"]), "3".into(), None),
+                (members(&["alice", "carol"]), "4".into(), Some(3)),
+            ]
+        );
+        assert_eq!(*p.lookups.borrow(), 2);
+    }
 }
