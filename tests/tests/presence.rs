@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_e2e::Server;
+use switchboard_e2e::{Options, Server};
 
 /// Online while connected, offline with lastSeen after the last device leaves; strangers get 404.
 #[tokio::test]
@@ -48,7 +48,7 @@ async fn presence_follows_connections() {
 /// Subscribers get the current state, then online, heartbeat expiry (offline at the last heartbeat), and back online.
 #[tokio::test]
 async fn subscribers_see_changes_and_ttl_expiry() {
-    let server = Server::start_with(&["--presence-ttl-secs=1"]).await;
+    let server = Server::start_with(Options::default().presence_ttl_secs(1)).await;
     server
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
