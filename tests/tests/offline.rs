@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_e2e::Server;
+use switchboard_e2e::{Server, TIMESTAMP, ids, messages};
 
-/// Bob, offline while Alice sends, catches up with `after` and gets no live replay.
+/// Bob, offline while Alice sends 5, catches up with `after=0` and `after=<id>` oldest first, and gets no live replay of them.
 #[tokio::test]
 async fn offline_messages_are_caught_up_by_cursor() {
     let server = Server::start().await;
@@ -13,39 +13,77 @@ async fn offline_messages_are_caught_up_by_cursor() {
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
     let mut alice = server.connect("alice").await;
-    let mut ids = Vec::new();
+    let mut sent = Vec::new();
     for i in 0..5 {
-        ids.push(
+        sent.push(
             alice
-                .send_message(&chat, &format!("while away {i}"), &format!("c{i}"))
-                .await["messageId"]
-                .clone(),
+                .send_id(&chat, &format!("while away {i}"), &format!("c{i}"))
+                .await,
         );
     }
 
     let mut bob = server.connect("bob").await;
-    let (status, page) = server
-        .get(&format!("/api/v1/chats/{chat}/messages?after=0"), "bob")
-        .await;
-    assert_eq!(status, 200);
-    let got: Vec<_> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].clone())
-        .collect();
-    assert_eq!(got, ids, "oldest first, all of them");
-    assert!(page.get("nextCursor").is_none());
+    let page = server.history_page(&chat, "bob", "after=0").await;
+    assert_eq!(ids(&page), sent, "all of them, oldest first");
+    assert!(page.get("nextCursor").is_none(), "{page}");
+    for (i, message) in messages(&page).iter().enumerate() {
+        assert_eq!(message["chatId"], chat.as_str());
+        assert_eq!(message["senderId"], "alice");
+        assert_eq!(message["content"], format!("while away {i}"));
+        assert_eq!(message["timestamp"], TIMESTAMP);
+    }
 
-    let (_, rest) = server
-        .get(
-            &format!(
-                "/api/v1/chats/{chat}/messages?after={}",
-                ids[2].as_str().unwrap()
-            ),
-            "bob",
-        )
+    let rest = server
+        .history_page(&chat, "bob", &format!("after={}", sent[2]))
         .await;
-    assert_eq!(rest["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(ids(&rest), sent[3..]);
+    assert!(rest.get("nextCursor").is_none(), "{rest}");
+    let none = server
+        .history_page(&chat, "bob", &format!("after={}", sent[4]))
+        .await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+    assert!(none.get("nextCursor").is_none(), "{none}");
+
+    // Connecting replays nothing: the store, not the socket, holds the backlog.
+    bob.expect_silence(Duration::from_millis(500)).await;
+
+    // Live from now on.
+    let live = alice.send_id(&chat, "now live", "c5").await;
+    assert_eq!(
+        bob.recv_type("receiveMessage").await["messageId"],
+        live.as_str()
+    );
+    bob.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// A reconnecting device catches up from the last id it has: exactly what it missed, and nothing twice.
+#[tokio::test]
+async fn reconnect_catches_up_from_the_last_id() {
+    let server = Server::start().await;
+    let chat = server
+        .create_chat("alice", json!({"members": ["bob"]}))
+        .await;
+    let mut alice = server.connect("alice").await;
+    let mut bob = server.connect("bob").await;
+    alice.send_id(&chat, "seen live", "c0").await;
+    let last_seen = bob.recv_type("receiveMessage").await["messageId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.close().await;
+
+    let mut missed = Vec::new();
+    for i in 1..=3 {
+        missed.push(
+            alice
+                .send_id(&chat, &format!("missed {i}"), &format!("c{i}"))
+                .await,
+        );
+    }
+    let mut bob = server.connect("bob").await;
+    let page = server
+        .history_page(&chat, "bob", &format!("after={last_seen}"))
+        .await;
+    assert_eq!(ids(&page), missed);
     bob.expect_silence(Duration::from_millis(300)).await;
 }
