@@ -77,11 +77,38 @@ fn build_binary() -> anyhow::Result<PathBuf> {
         .parent()
         .context("the e2e crate lives inside the workspace")?
         .to_path_buf();
-    let status = std::process::Command::new(env!("CARGO"))
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo
         .current_dir(&root)
-        .args(["build", "-p", "host-gateway", "--bin", "switchboard"])
-        .status()
-        .context("running cargo build")?;
+        .args(["build", "-p", "host-gateway", "--bin", "switchboard"]);
+    // `cargo test` gives this process the variables of the e2e package
+    // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts such as ring's
+    // rerun when those change, so passing them on would rebuild dependencies
+    // here and again in the next plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let key_str = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CFG_",
+            "CARGO_BIN_EXE_",
+        ]
+        .iter()
+        .any(|prefix| key_str.starts_with(prefix))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key_str.as_ref())
+        {
+            cargo.env_remove(&key);
+        }
+    }
+    let status = cargo.status().context("running cargo build")?;
     if !status.success() {
         bail!("`cargo build -p host-gateway --bin switchboard` failed ({status})");
     }

@@ -3,7 +3,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_e2e::{Server, TIMESTAMP, ids, messages};
+use switchboard_e2e::{Client, Server, TIMESTAMP, ids, messages};
+
+/// Waits until the sender's other device has received `ids`: their live
+/// fan-out is over, so a device connecting afterwards must not get them.
+async fn fanned_out(other_device: &mut Client, ids: &[String]) {
+    for id in ids {
+        let got = other_device.recv_type("receiveMessage").await;
+        assert_eq!(got["messageId"], id.as_str());
+    }
+}
 
 /// Bob, offline while Alice sends 5, catches up with `after=0` and `after=<id>` oldest first, and gets no live replay of them.
 #[tokio::test]
@@ -13,6 +22,7 @@ async fn offline_messages_are_caught_up_by_cursor() {
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
     let mut alice = server.connect("alice").await;
+    let mut alice_laptop = server.connect("alice").await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(
@@ -21,6 +31,7 @@ async fn offline_messages_are_caught_up_by_cursor() {
                 .await,
         );
     }
+    fanned_out(&mut alice_laptop, &sent).await;
 
     let mut bob = server.connect("bob").await;
     let page = server.history_page(&chat, "bob", "after=0").await;
@@ -72,6 +83,7 @@ async fn reconnect_catches_up_from_the_last_id() {
         .to_owned();
     bob.close().await;
 
+    let mut alice_laptop = server.connect("alice").await;
     let mut missed = Vec::new();
     for i in 1..=3 {
         missed.push(
@@ -80,6 +92,7 @@ async fn reconnect_catches_up_from_the_last_id() {
                 .await,
         );
     }
+    fanned_out(&mut alice_laptop, &missed).await;
     let mut bob = server.connect("bob").await;
     let page = server
         .history_page(&chat, "bob", &format!("after={last_seen}"))
