@@ -172,6 +172,21 @@ fn engine() -> anyhow::Result<Engine> {
     Ok(engine)
 }
 
+/// One invocation: a fresh store, instantiate, call `$call(instance, &mut store)`,
+/// time it, and turn a trap into an `InvokeError`.
+macro_rules! invoke {
+    ($self:ident, $name:literal, $pre:expr, |$instance:ident, $store:ident| $call:expr) => {{
+        let _timer = crate::metrics::invocation($name);
+        let mut store = $self.store($pre.engine());
+        let run = async {
+            let $instance = $pre.instantiate_async(&mut store).await?;
+            let $store = &mut store;
+            $call.await
+        };
+        run.await.map_err(|e| $self.failed($name, e))
+    }};
+}
+
 impl Runtime {
     /// Compiles the components and links them against the platform.
     pub fn new(
@@ -263,58 +278,30 @@ impl Runtime {
         &self,
         frames: &[InboundFrame],
     ) -> Result<Vec<bindings::Message>, InvokeError> {
-        let _timer = crate::metrics::invocation("send");
-        let mut store = self.store(self.send.engine());
-        let run = async {
-            let instance = self.send.instantiate_async(&mut store).await?;
-            instance
-                .chat_platform_send_handler()
-                .call_handle_frames(&mut store, frames)
-                .await
-        };
-        run.await.map_err(|e| self.failed("send", e))
+        invoke!(self, "send", self.send, |i, store| i
+            .chat_platform_send_handler()
+            .call_handle_frames(store, frames))
     }
 
     /// Runs the `fanout` component over a batch of stored messages.
     pub async fn fanout(&self, messages: &[Stored]) -> Result<(), InvokeError> {
-        let _timer = crate::metrics::invocation("fanout");
-        let mut store = self.store(self.fanout.engine());
-        let run = async {
-            let instance = self.fanout.instantiate_async(&mut store).await?;
-            instance
-                .chat_platform_fanout_handler()
-                .call_fanout(&mut store, messages)
-                .await
-        };
-        run.await.map_err(|e| self.failed("fanout", e))
+        invoke!(self, "fanout", self.fanout, |i, store| i
+            .chat_platform_fanout_handler()
+            .call_fanout(store, messages))
     }
 
     /// Runs the `presence` component over heartbeat-style frames.
     pub async fn presence_frames(&self, frames: &[InboundFrame]) -> Result<(), InvokeError> {
-        let _timer = crate::metrics::invocation("presence");
-        let mut store = self.store(self.presence.engine());
-        let run = async {
-            let instance = self.presence.instantiate_async(&mut store).await?;
-            instance
-                .chat_platform_presence_handler()
-                .call_handle_frames(&mut store, frames)
-                .await
-        };
-        run.await.map_err(|e| self.failed("presence", e))
+        invoke!(self, "presence", self.presence, |i, store| i
+            .chat_platform_presence_handler()
+            .call_handle_frames(store, frames))
     }
 
     /// Runs the `presence` component over connects and disconnects.
     pub async fn presence_lifecycle(&self, events: &[ConnectionEvent]) -> Result<(), InvokeError> {
-        let _timer = crate::metrics::invocation("presence");
-        let mut store = self.store(self.presence.engine());
-        let run = async {
-            let instance = self.presence.instantiate_async(&mut store).await?;
-            instance
-                .chat_platform_presence_handler()
-                .call_handle_lifecycle(&mut store, events)
-                .await
-        };
-        run.await.map_err(|e| self.failed("presence", e))
+        invoke!(self, "presence", self.presence, |i, store| i
+            .chat_platform_presence_handler()
+            .call_handle_lifecycle(store, events))
     }
 
     /// Runs the `presence` component over users whose heartbeats stopped.
@@ -322,16 +309,9 @@ impl Runtime {
         &self,
         users: &[bindings::platform::chat::platform::presence_store::Presence],
     ) -> Result<(), InvokeError> {
-        let _timer = crate::metrics::invocation("presence");
-        let mut store = self.store(self.presence.engine());
-        let run = async {
-            let instance = self.presence.instantiate_async(&mut store).await?;
-            instance
-                .chat_platform_presence_handler()
-                .call_handle_expired(&mut store, users)
-                .await
-        };
-        run.await.map_err(|e| self.failed("presence", e))
+        invoke!(self, "presence", self.presence, |i, store| i
+            .chat_platform_presence_handler()
+            .call_handle_expired(store, users))
     }
 
     /// Serves one HTTP request with an HTTP component; the response body is

@@ -4,7 +4,8 @@
 //! `sent` ack promises. It has a single writer, so assigning a message id
 //! and committing the message happen in one write transaction: id order is
 //! commit order, and a reader paging by cursor never skips a message.
-//! A batch of appends is one transaction and so one fsync.
+//! Appends from every dispatch lane meet in one writer thread that commits
+//! whatever is queued as one transaction: one fsync for many messages.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +38,69 @@ const USER_CHATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("use
 pub struct EmbeddedStore {
     db: Arc<Database>,
     ids: Arc<Snowflake>,
+    /// Appends go to one writer thread that commits whatever is queued in
+    /// one transaction (group commit): one fsync serves every dispatch lane.
+    appends: Arc<Writer>,
+}
+
+/// The writer thread's handle: dropping the last one stops the thread and
+/// waits for it, so the database file is closed when the store is gone.
+struct Writer {
+    jobs: Option<std::sync::mpsc::Sender<AppendJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+type AppendResult = StoreResult<Vec<StoreResult<Appended>>>;
+
+/// A batch waiting for the writer, and where its results go.
+struct AppendJob {
+    batch: Vec<NewMessage>,
+    reply: tokio::sync::oneshot::Sender<AppendResult>,
+}
+
+/// The writer thread: takes the first queued job (waiting for it) and
+/// everything queued behind it, appends them in one transaction, and
+/// answers each job with its own slice of the results.
+fn group_commit_writer(
+    db: Arc<Database>,
+    ids: Arc<Snowflake>,
+    jobs: std::sync::mpsc::Receiver<AppendJob>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while let Ok(job) = jobs.try_recv() {
+            group.push(job);
+        }
+        let sizes: Vec<usize> = group.iter().map(|j| j.batch.len()).collect();
+        let mut replies = Vec::with_capacity(group.len());
+        let mut all = Vec::with_capacity(sizes.iter().sum());
+        for job in group {
+            all.extend(job.batch);
+            replies.push(job.reply);
+        }
+        match append_batch(&db, &ids, all) {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (reply, size) in replies.into_iter().zip(sizes) {
+                    let _ = reply.send(Ok(results.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -71,10 +135,17 @@ impl EmbeddedStore {
         txn.open_table(CHATS)?;
         txn.open_table(USER_CHATS)?;
         txn.commit()?;
-        Ok(Self {
-            db: Arc::new(db),
-            ids,
-        })
+        let db = Arc::new(db);
+        let (sender, jobs) = std::sync::mpsc::channel();
+        let (writer_db, writer_ids) = (db.clone(), ids.clone());
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || group_commit_writer(writer_db, writer_ids, jobs))?;
+        let appends = Arc::new(Writer {
+            jobs: Some(sender),
+            thread: Some(thread),
+        });
+        Ok(Self { db, ids, appends })
     }
 
     /// Runs blocking redb work off the async workers.
@@ -170,8 +241,12 @@ impl MessageStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.blocking(move |db, ids| append_batch(db, ids, batch))
-            .await
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Unavailable("store writer stopped".into());
+        let jobs = self.appends.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(AppendJob { batch, reply })
+            .map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     async fn page_before(
