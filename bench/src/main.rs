@@ -7,6 +7,7 @@
 mod relay;
 mod scenarios;
 mod target;
+mod wasm_cost;
 
 use std::path::PathBuf;
 

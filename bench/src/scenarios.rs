@@ -24,6 +24,7 @@ pub struct Sizes {
     pub history_messages: usize,
     pub history_clients: usize,
     pub idle_connections: usize,
+    pub wasm_events: usize,
 }
 
 impl Sizes {
@@ -37,6 +38,7 @@ impl Sizes {
             history_messages: 100_000,
             history_clients: 8,
             idle_connections: 10_000,
+            wasm_events: 100_000,
         }
     }
 
@@ -50,6 +52,7 @@ impl Sizes {
             history_messages: 500,
             history_clients: 2,
             idle_connections: 200,
+            wasm_events: 2_000,
         }
     }
 }
@@ -195,7 +198,30 @@ pub async fn run_all(bin: &Path, sizes: &Sizes, samples: Option<&Path>) -> anyho
         baseline: Some(per_conn[1]),
     });
 
-    println!("| scenario | metric | switchboard | bare relay | switchboard / relay |");
+    // 6. Wasm invocation cost, in process (baseline: the same backend call without Wasm).
+    let cost = crate::wasm_cost::measure(sizes.wasm_events, 128).await?;
+    eprintln!("wasm: {cost:?}");
+    let scenario = "presence heartbeat, in process".to_string();
+    rows.push(Row {
+        scenario: scenario.clone(),
+        metric: "µs/event, fresh instance each, p50",
+        switchboard: cost.single_p50_us,
+        baseline: Some(cost.direct_us),
+    });
+    rows.push(Row {
+        scenario: scenario.clone(),
+        metric: "µs/event, fresh instance each, p99",
+        switchboard: cost.single_p99_us,
+        baseline: Some(cost.direct_us),
+    });
+    rows.push(Row {
+        scenario,
+        metric: "µs/event, batches of 128",
+        switchboard: cost.batched_us,
+        baseline: Some(cost.direct_us),
+    });
+
+    println!("| scenario | metric | switchboard | baseline | switchboard / baseline |");
     println!("|---|---|---:|---:|---:|");
     for row in rows {
         let (baseline, ratio) = match row.baseline {

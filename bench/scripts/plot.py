@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Plots the latency CDFs that `switchboard-bench --samples-dir DIR` wrote.
+
+Usage: bench/scripts/plot.py DIR OUT_DIR   (needs matplotlib: pip install matplotlib)
+"""
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [float(r["latency_ms"]) for r in rows], [float(r["quantile"]) for r in rows]
+
+
+def main():
+    samples, out = Path(sys.argv[1]), Path(sys.argv[2])
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, label in [("one_to_one_switchboard", "Switchboard (Wasm + durable store)"),
+                        ("one_to_one_relay", "bare tokio relay (baseline)")]:
+        path = samples / f"{name}.csv"
+        if path.exists():
+            x, y = read(path)
+            ax.plot(x, y, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("end-to-end latency (ms, log scale)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_title("1:1 delivery latency at 50% of each server's peak rate")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency-cdf.png", dpi=110)
+    print(f"wrote {out / 'latency-cdf.png'}")
+
+
+if __name__ == "__main__":
+    main()

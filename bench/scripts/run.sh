@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Reruns every benchmark and regenerates the table and plots in docs/.
+#   bench/scripts/run.sh           full sizes (minutes)
+#   bench/scripts/run.sh --quick   a smoke run with tiny sizes
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+cargo build --release --locked -p host-gateway -p switchboard-bench
+samples="$(mktemp -d)"
+ulimit -n 65536 2>/dev/null || true
+target/release/switchboard-bench --bin target/release/switchboard --samples-dir "$samples" "$@" | tee "$samples/table.md"
+python3 bench/scripts/plot.py "$samples" docs/benchmarks
+echo "table: $samples/table.md"
