@@ -25,6 +25,9 @@ use crate::auth::Identity;
 use crate::backend::{ConnectionId, Outbox};
 use crate::runtime::Lifecycle;
 
+/// Bytes read from a socket at a time.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Frames queued for one connection before it counts as lagging.
 const OUTBOX_CAPACITY: usize = 1024;
 
@@ -62,6 +65,11 @@ pub async fn upgrade(
         Err(rejection) => return rejection.into_response(),
     };
     upgrade
+        // Chat frames are small and most sockets are idle: tungstenite's
+        // 128 KiB default buffers would cost ~130 KiB per idle connection.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(app.max_frame_bytes * 16)
         .max_message_size(app.max_frame_bytes)
         .max_frame_size(app.max_frame_bytes)
         .on_upgrade(move |socket| connection(app, identity, socket))
