@@ -25,6 +25,9 @@ use crate::auth::Identity;
 use crate::backend::{ConnectionId, Outbox};
 use crate::runtime::Lifecycle;
 
+/// How long a closing handshake may take before the socket is just dropped.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Bytes read from a socket at a time.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
@@ -171,8 +174,18 @@ async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
                 Some(Ok(Message::Close(_))) => break None,
             },
             Some(frame) = frames_rx.recv() => {
-                if sink.send(Message::Text(Utf8Bytes::from(&*frame))).await.is_err() {
-                    break None;
+                // A client that stops reading blocks this write once its TCP
+                // window is full; its outbox then fills and flags it lagging,
+                // which must end the wait rather than wait behind it.
+                tokio::select! {
+                    sent = sink.send(Message::Text(Utf8Bytes::from(&*frame))) => {
+                        if sent.is_err() {
+                            break None;
+                        }
+                    }
+                    _ = lagged.notified() => {
+                        break Some(close(close_code::AGAIN, "too slow to read; reconnect and catch up"));
+                    }
                 }
             }
             _ = lagged.notified() => {
@@ -192,8 +205,12 @@ async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
         }
     };
     if let Some(message) = farewell {
-        let _ = sink.send(message).await;
-        let _ = sink.close().await;
+        // Bounded: the peer may be the one not reading.
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, async {
+            let _ = sink.send(message).await;
+            let _ = sink.close().await;
+        })
+        .await;
     }
 
     app.backends.router.unregister(&user, connection_id).await;
