@@ -50,14 +50,9 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// User ids are 1-64 of `[A-Za-z0-9_.-]`: safe in chat ids (`dm:a:b`) and paths.
-pub fn valid_user_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
+/// The components' user-id rule, shared so the gateway never admits an id
+/// the components would refuse.
+pub use chat_core::valid_user_id;
 
 impl Authenticator {
     pub fn new(secret: &[u8]) -> Self {

@@ -31,6 +31,12 @@ fn wit<T, U: From<T>>(r: Result<T, StoreError>) -> Result<U, types::StoreError> 
     r.map(U::from).map_err(Into::into)
 }
 
+/// `wit` for lists.
+fn wit_list<T, U: From<T>>(r: Result<Vec<T>, StoreError>) -> Result<Vec<U>, types::StoreError> {
+    r.map(|items| items.into_iter().map(U::from).collect())
+        .map_err(Into::into)
+}
+
 impl From<backend::Message> for types::Message {
     fn from(m: backend::Message) -> Self {
         Self {
@@ -148,8 +154,7 @@ impl message_store::Host for HostState {
             .messages
             .page_before(&chat, before, limit.min(1000))
             .await;
-        page.map(|ms| ms.into_iter().map(Into::into).collect())
-            .map_err(Into::into)
+        wit_list(page)
     }
 
     async fn page_after(
@@ -164,8 +169,7 @@ impl message_store::Host for HostState {
             .messages
             .page_after(&chat, after, limit.min(1000))
             .await;
-        page.map(|ms| ms.into_iter().map(Into::into).collect())
-            .map_err(Into::into)
+        wit_list(page)
     }
 
     async fn get(
@@ -242,9 +246,7 @@ impl membership::Host for HostState {
 
     async fn chats_of(&mut self, user: String) -> Result<Vec<types::Chat>, types::StoreError> {
         let chats = self.shared.backends.chats.chats_of(&user).await;
-        chats
-            .map(|cs| cs.into_iter().map(Into::into).collect())
-            .map_err(Into::into)
+        wit_list(chats)
     }
 
     async fn update_members(
