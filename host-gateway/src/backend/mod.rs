@@ -8,6 +8,7 @@
 //! Implementations: `embedded` (redb on local disk, presence and routing in
 //! process) is the default that needs no server.
 
+pub mod cassandra;
 pub mod embedded;
 pub mod redis;
 
@@ -119,8 +120,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Guarantees: a new message's id is strictly greater than every id
     /// already in its chat (id order is commit order), and an `Ok` result is
     /// returned only once the message survives a crash of this process.
-    /// (sender, client-msg-id) is unique: a repeat returns the stored message
-    /// with `duplicate` set and writes nothing.
+    /// (chat, sender, client-msg-id) is unique: a repeat returns the stored
+    /// message with `duplicate` set and writes nothing, even when it races
+    /// the original on another gateway.
     async fn append(&self, messages: Vec<NewMessage>) -> StoreResult<Vec<StoreResult<Appended>>>;
 
     /// Up to `limit` messages of `chat` with ids below `before` (all if none), newest first.

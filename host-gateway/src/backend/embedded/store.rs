@@ -21,9 +21,9 @@ use crate::ids::Snowflake;
 
 /// (chat, message id) -> message as JSON.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// (sender, client-msg-id) -> (chat, message id): the idempotency index.
-const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str), (&str, u64)> =
-    TableDefinition::new("sent_by_client_id");
+/// (chat, sender, client-msg-id) -> message id: the idempotency index.
+const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str, &str), u64> =
+    TableDefinition::new("client_ids_per_chat");
 /// chat -> the highest message id in it, so new ids stay above it across restarts.
 const CHAT_HEADS: TableDefinition<&str, u64> = TableDefinition::new("chat_heads");
 /// (chat, user) -> (delivered up to, read up to).
@@ -175,15 +175,16 @@ fn append_batch(
         let mut heads = txn.open_table(CHAT_HEADS).map_err(backend_err)?;
         for new in batch {
             let existing = by_client
-                .get((new.sender_id.as_str(), new.client_msg_id.as_str()))
+                .get((
+                    new.chat_id.as_str(),
+                    new.sender_id.as_str(),
+                    new.client_msg_id.as_str(),
+                ))
                 .map_err(backend_err)?
-                .map(|g| {
-                    let (chat, id) = g.value();
-                    (chat.to_owned(), id)
-                });
-            if let Some((chat, id)) = existing {
+                .map(|g| g.value());
+            if let Some(id) = existing {
                 let stored = messages
-                    .get((chat.as_str(), id))
+                    .get((new.chat_id.as_str(), id))
                     .map_err(backend_err)?
                     .ok_or_else(|| {
                         StoreError::Unavailable(
@@ -217,8 +218,12 @@ fn append_batch(
                 .map_err(backend_err)?;
             by_client
                 .insert(
-                    (message.sender_id.as_str(), message.client_msg_id.as_str()),
-                    (message.chat_id.as_str(), id),
+                    (
+                        message.chat_id.as_str(),
+                        message.sender_id.as_str(),
+                        message.client_msg_id.as_str(),
+                    ),
+                    id,
                 )
                 .map_err(backend_err)?;
             heads
