@@ -55,7 +55,62 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_NODE_ID", default_value_t = 0)]
     pub node_id: u16,
 
+    /// Where state lives: `embedded` (one process, files in the data
+    /// directory) or `cluster` (Redis + Cassandra, any number of gateways).
+    #[arg(long, env = "SWITCHBOARD_BACKEND", value_enum, default_value_t = BackendKind::Embedded)]
+    pub backend: BackendKind,
+
+    /// Cluster backend: Redis for presence, the connection registry and routing.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Cluster backend: prefix of every Redis key and channel (several deployments can share a Redis).
+    #[arg(long, env = "SWITCHBOARD_REDIS_PREFIX", default_value = "switchboard:")]
+    pub redis_prefix: String,
+
+    /// Cluster backend: Cassandra contact points, `host:port`, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CASSANDRA_NODES",
+        default_value = "127.0.0.1:9042",
+        value_delimiter = ','
+    )]
+    pub cassandra_nodes: Vec<String>,
+
+    /// Cluster backend: the keyspace (created with SimpleStrategy if missing).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CASSANDRA_KEYSPACE",
+        default_value = "switchboard"
+    )]
+    pub cassandra_keyspace: String,
+
+    /// Cluster backend: replication factor used when creating the keyspace.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_CASSANDRA_REPLICATION_FACTOR",
+        default_value_t = 1
+    )]
+    pub cassandra_replication_factor: u32,
+
+    /// Cluster backend: client-side timeout of one Cassandra request.
+    #[arg(long, env = "SWITCHBOARD_CASSANDRA_TIMEOUT_MS", default_value_t = 3000)]
+    pub cassandra_timeout_ms: u64,
+
     /// Parallel dispatch lanes; frames of one chat always share a lane, which keeps them in order.
     #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES", default_value_t = 4)]
     pub dispatch_lanes: usize,
+}
+
+/// Which backends a gateway runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// redb files in the data directory; presence and routing in process.
+    Embedded,
+    /// Redis (presence, registry, Pub/Sub) and Cassandra (messages, chats).
+    Cluster,
 }

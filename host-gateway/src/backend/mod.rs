@@ -260,6 +260,16 @@ impl Outbox {
     }
 }
 
+/// A server a backend depends on, checked by `/readyz`.
+#[async_trait]
+pub trait Probe: Send + Sync + 'static {
+    /// What it is, for the readiness report.
+    fn name(&self) -> &'static str;
+
+    /// One cheap round trip.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
 /// The backends one gateway runs on.
 #[derive(Clone)]
 pub struct Backends {
@@ -267,6 +277,8 @@ pub struct Backends {
     pub chats: Arc<dyn ChatDirectory>,
     pub presence: Arc<dyn PresenceStore>,
     pub router: Arc<dyn Router>,
+    /// The servers these depend on; empty for the embedded backend.
+    pub probes: Vec<Arc<dyn Probe>>,
 }
 
 impl std::fmt::Debug for Backends {

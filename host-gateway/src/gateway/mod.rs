@@ -20,8 +20,10 @@ use axum::Router;
 use axum::routing::{any, get};
 
 use crate::auth::{Authenticator, load_or_create_secret};
+use crate::backend::cassandra::{self, CassandraConfig, CassandraStore};
+use crate::backend::redis::{RedisPresence, RedisRouter};
 use crate::backend::{Backends, ConnectionId, embedded};
-use crate::config::Config;
+use crate::config::{BackendKind, Config};
 use crate::ids::Snowflake;
 use crate::runtime::bindings::platform::chat::platform::config::Settings;
 use crate::runtime::{InvocationLimits, Runtime, Shared};
@@ -52,14 +54,58 @@ impl App {
     }
 }
 
+/// Opens the configured backends.
+async fn open_backends(config: &Config, ids: Arc<Snowflake>) -> anyhow::Result<Backends> {
+    match config.backend {
+        BackendKind::Embedded => {
+            embedded::open(&config.data_dir, ids).context("opening the embedded store")
+        }
+        BackendKind::Cluster => {
+            let store = Arc::new(
+                CassandraStore::connect(
+                    &CassandraConfig {
+                        nodes: config.cassandra_nodes.clone(),
+                        keyspace: config.cassandra_keyspace.clone(),
+                        replication_factor: config.cassandra_replication_factor,
+                        request_timeout: Duration::from_millis(config.cassandra_timeout_ms),
+                        bucket_ms: cassandra::DEFAULT_BUCKET_MS,
+                    },
+                    ids,
+                )
+                .await?,
+            );
+            let client = ::redis::Client::open(config.redis_url.as_str())
+                .with_context(|| format!("parsing the Redis URL {}", config.redis_url))?;
+            let manager = client
+                .get_connection_manager()
+                .await
+                .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+            let presence = Arc::new(RedisPresence::new(manager, config.redis_prefix.clone()));
+            let router = RedisRouter::start(client, config.redis_prefix.clone(), config.node_id)
+                .await
+                .context("starting the Redis router")?;
+            Ok(Backends {
+                messages: store.clone(),
+                chats: store.clone(),
+                presence: presence.clone(),
+                router,
+                probes: vec![store, presence],
+            })
+        }
+    }
+}
+
 /// Builds the app from configuration: backends, components, dispatcher.
-pub fn build(config: &Config) -> anyhow::Result<Arc<App>> {
+pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    anyhow::ensure!(
+        config.backend == BackendKind::Embedded || config.jwt_secret.is_some(),
+        "the cluster backend needs SWITCHBOARD_JWT_SECRET: every gateway must accept the same tokens"
+    );
     let secret = load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)?;
     let ids = Arc::new(Snowflake::new(config.node_id));
-    let backends =
-        embedded::open(&config.data_dir, ids.clone()).context("opening the embedded store")?;
+    let backends = open_backends(config, ids.clone()).await?;
     let settings = Settings {
         max_content_bytes: config.max_content_bytes,
         presence_ttl_ms: config.presence_ttl_secs * 1000,
@@ -135,7 +181,7 @@ async fn sweep_expired_presence(runtime: Arc<Runtime>, backends: Backends, perio
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ready" }))
+        .route("/readyz", get(readiness))
         .route("/metrics", get(|| async { crate::metrics::render() }))
         .route("/chat/connect", get(ws::upgrade))
         .route("/api/v1/{*rest}", any(rest::handle))
@@ -145,13 +191,48 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// 200 when every backend server answers within a second, else 503 with
+/// what failed: load balancers stop sending clients to a gateway that
+/// cannot store their messages.
+async fn readiness(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+    let checks = app.backends.probes.iter().map(|probe| async move {
+        let outcome = tokio::time::timeout(Duration::from_secs(1), probe.ping()).await;
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no answer within 1 s".to_string()),
+        };
+        (probe.name(), error)
+    });
+    let results = futures_util::future::join_all(checks).await;
+    let ready = results.iter().all(|(_, error)| error.is_none());
+    let backends: serde_json::Map<String, serde_json::Value> = results
+        .into_iter()
+        .map(|(name, error)| {
+            let status = error.map_or_else(|| "ok".into(), serde_json::Value::String);
+            (name.to_string(), status)
+        })
+        .collect();
+    let status = if ready {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(serde_json::json!({ "ready": ready, "backends": backends })),
+    )
+}
+
 /// Serves on `listener` until `shutdown` resolves.
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = build(&config)?;
+    let app = build(&config).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "switchboard ready");
     // The one line on stdout: scripts and tests read the bound port from it.

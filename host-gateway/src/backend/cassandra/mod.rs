@@ -99,9 +99,15 @@ impl CassandraStore {
             heads: messages::HeadCache::default(),
         })
     }
+}
 
-    /// One cheap round trip: is a node answering?
-    pub async fn ping(&self) -> Result<(), StoreError> {
+#[async_trait::async_trait]
+impl crate::backend::Probe for CassandraStore {
+    fn name(&self) -> &'static str {
+        "cassandra"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
         self.session
             .execute_unpaged(&self.statements.ping, ())
             .await

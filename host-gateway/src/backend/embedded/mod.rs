@@ -27,5 +27,6 @@ pub fn open(data_dir: &Path, ids: Arc<Snowflake>) -> anyhow::Result<Backends> {
         chats: store,
         presence: Arc::new(InProcessPresence::default()),
         router: Arc::new(InProcessRouter::default()),
+        probes: Vec::new(),
     })
 }

@@ -222,3 +222,19 @@ impl PresenceStore for RedisPresence {
         Ok(set.is_some())
     }
 }
+
+#[async_trait]
+impl crate::backend::Probe for RedisPresence {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let mut redis = self.redis.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
