@@ -140,6 +140,37 @@ pub struct Options {
     pub log_filter: Option<String>,
     /// Further `serve` flags, appended last.
     pub extra_args: Vec<String>,
+    /// Run on the cluster backend (two gateways on Redis + Cassandra)
+    /// instead of the embedded one. Default: [`cluster_by_default`].
+    pub cluster: Option<bool>,
+    /// Cluster only: this Redis instead of `SWITCHBOARD_TEST_REDIS_URL`.
+    pub redis_url: Option<String>,
+}
+
+/// Whether servers run as a cluster unless a test says otherwise:
+/// `SWITCHBOARD_E2E_BACKEND=cluster` runs the whole suite on two gateways
+/// sharing Redis and Cassandra, each client alternating between them.
+pub fn cluster_by_default() -> bool {
+    std::env::var("SWITCHBOARD_E2E_BACKEND").is_ok_and(|b| b == "cluster")
+}
+
+/// The Redis the cluster tests use (`infra/test.sh` starts it).
+pub fn test_redis_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The Cassandra node the cluster tests use (`infra/test.sh` starts it).
+pub fn test_cassandra() -> String {
+    std::env::var("SWITCHBOARD_TEST_CASSANDRA").unwrap_or_else(|_| "127.0.0.1:9042".into())
+}
+
+/// Where one server's cluster state lives: its own keyspace and key prefix,
+/// so tests sharing a Redis and a Cassandra never see each other.
+#[derive(Debug, Clone)]
+struct ClusterPlace {
+    redis_url: String,
+    prefix: String,
+    keyspace: String,
 }
 
 impl Options {
@@ -167,14 +198,37 @@ impl Options {
         self.extra_args.push(arg.to_owned());
         self
     }
+
+    /// Two gateways on Redis + Cassandra, whatever the suite's default.
+    pub fn cluster(mut self) -> Self {
+        self.cluster = Some(true);
+        self
+    }
+
+    /// The embedded backend, whatever the suite's default.
+    pub fn embedded(mut self) -> Self {
+        self.cluster = Some(false);
+        self
+    }
+
+    /// Cluster only: use this Redis.
+    pub fn redis_url(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.to_owned());
+        self
+    }
 }
 
-/// A running switchboard with its own data directory.
+/// A running switchboard with its own data directory: one gateway process
+/// on the embedded backend, or two on the cluster backend (then clients and
+/// requests alternate between them, so every conversation crosses gateways).
 pub struct Server {
-    /// `http://127.0.0.1:PORT` of the current process (changes on restart).
+    /// `http://127.0.0.1:PORT` of the first gateway (changes on restart).
     pub base: String,
-    /// `None` only between the kill and the respawn of [`Server::restart`].
-    child: Option<Child>,
+    /// One per gateway; `child` is `None` while it is killed.
+    gateways: Vec<Gateway>,
+    /// Round robin over `gateways` for connections and requests.
+    next_gateway: std::sync::atomic::AtomicUsize,
+    cluster: Option<ClusterPlace>,
     /// The embedded store; kept across restarts, deleted on drop.
     data: tempfile::TempDir,
     /// One `server-N.log` (stderr, then any later stdout) per process started.
@@ -195,9 +249,29 @@ impl Server {
 
     /// Starts a server with `opts`.
     pub async fn start_with(opts: Options) -> Self {
+        let cluster = opts.cluster.unwrap_or_else(cluster_by_default).then(|| {
+            let tag = random_secret()[..12].to_owned();
+            ClusterPlace {
+                redis_url: opts.redis_url.clone().unwrap_or_else(test_redis_url),
+                prefix: format!("e2e{tag}:"),
+                keyspace: format!("e2e_{tag}"),
+            }
+        });
+        assert!(
+            cluster.is_none() || !opts.generated_secret,
+            "a cluster needs one secret for all gateways"
+        );
+        let gateways = if cluster.is_some() { 2 } else { 1 };
         let mut server = Self {
             base: String::new(),
-            child: None,
+            gateways: (0..gateways)
+                .map(|_| Gateway {
+                    base: String::new(),
+                    child: None,
+                })
+                .collect(),
+            next_gateway: Default::default(),
+            cluster,
             data: tempfile::Builder::new()
                 .prefix("switchboard-e2e-data")
                 .tempdir()
@@ -214,13 +288,23 @@ impl Server {
                 .build()
                 .expect("an HTTP client"),
         };
-        if let Err(e) = server.spawn().await {
-            panic!("starting switchboard: {e:#}");
-        }
+        server.spawn_all().await;
         server
     }
 
-    async fn spawn(&mut self) -> anyhow::Result<()> {
+    /// Starts every gateway that is not running, one after the other (the
+    /// first creates the cluster's schema).
+    async fn spawn_all(&mut self) {
+        for index in 0..self.gateways.len() {
+            if self.gateways[index].child.is_none()
+                && let Err(e) = self.spawn(index).await
+            {
+                panic!("starting switchboard gateway {index}: {e:#}");
+            }
+        }
+    }
+
+    async fn spawn(&mut self, index: usize) -> anyhow::Result<()> {
         self.starts += 1;
         let log_path = self.log_path(self.starts);
         let log = std::fs::File::create(&log_path).context("creating the log file")?;
@@ -237,6 +321,16 @@ impl Server {
         }
         if let Some(secs) = self.opts.presence_ttl_secs {
             cmd.arg(format!("--presence-ttl-secs={secs}"));
+        }
+        if let Some(place) = &self.cluster {
+            cmd.args([
+                "--backend=cluster".to_string(),
+                format!("--node-id={}", index + 1),
+                format!("--redis-url={}", place.redis_url),
+                format!("--redis-prefix={}", place.prefix),
+                format!("--cassandra-nodes={}", test_cassandra()),
+                format!("--cassandra-keyspace={}", place.keyspace),
+            ]);
         }
         cmd.args(&self.opts.extra_args);
         for (key, _) in std::env::vars_os() {
@@ -293,8 +387,13 @@ impl Server {
                 let _ = writeln!(log, "[stdout] {line}");
             }
         });
-        self.base = base;
-        self.child = Some(child);
+        if index == 0 {
+            self.base = base.clone();
+        }
+        self.gateways[index] = Gateway {
+            base,
+            child: Some(child),
+        };
         Ok(())
     }
 
@@ -303,16 +402,39 @@ impl Server {
     /// new process listens on a new port: reconnect clients after this.
     pub async fn restart(&mut self) {
         self.kill().await;
-        if let Err(e) = self.spawn().await {
-            panic!("restarting switchboard: {e:#}");
+        self.spawn_all().await;
+    }
+
+    /// Kills every gateway (SIGKILL) and waits until they are gone.
+    pub async fn kill(&mut self) {
+        for index in 0..self.gateways.len() {
+            self.kill_gateway(index).await;
         }
     }
 
-    /// Kills the server (SIGKILL) and waits until it is gone.
-    pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    /// Kills one gateway (SIGKILL) and waits until it is gone.
+    pub async fn kill_gateway(&mut self, index: usize) {
+        if let Some(mut child) = self.gateways[index].child.take() {
             child.kill().await.expect("killing switchboard");
         }
+    }
+
+    /// Whether this server runs on the cluster backend.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The base URLs of the gateways, in order.
+    pub fn gateway_bases(&self) -> Vec<String> {
+        self.gateways.iter().map(|g| g.base.clone()).collect()
+    }
+
+    /// The next gateway's base URL, round robin.
+    fn pick(&self) -> &str {
+        let n = self
+            .next_gateway
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.gateways[n % self.gateways.len()].base
     }
 
     /// The data directory, kept across restarts.
@@ -397,12 +519,16 @@ impl Server {
 
     // ---- WebSocket ----
 
-    /// `ws://127.0.0.1:PORT/chat/connect?userId={user}&token={token}`.
+    /// `ws://127.0.0.1:PORT/chat/connect?userId={user}&token={token}` of
+    /// the next gateway.
     pub fn ws_url(&self, user: &str, token: &str) -> String {
-        format!(
-            "{}/chat/connect?userId={user}&token={token}",
-            self.base.replacen("http", "ws", 1)
-        )
+        ws_url_at(self.pick(), user, token)
+    }
+
+    /// Connects `user` to the gateway (or load balancer) at `base`.
+    pub async fn connect_at(&self, base: &str, user: &str) -> Result<Client, tungstenite::Error> {
+        let request = ws_url_at(base, user, &self.token(user)).into_client_request()?;
+        Client::open(user, request).await
     }
 
     /// Connects `user` with a valid token; fails the test if that is refused.
@@ -428,7 +554,7 @@ impl Server {
     ) -> Result<Client, tungstenite::Error> {
         let url = format!(
             "{}/chat/connect?userId={user}",
-            self.base.replacen("http", "ws", 1)
+            self.pick().replacen("http", "ws", 1)
         );
         let mut request = url.into_client_request()?;
         if let Some(token) = token {
@@ -465,7 +591,7 @@ impl Server {
         authorization: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.pick());
         let mut req = self.http.request(method.clone(), &url);
         if let Some(auth) = authorization {
             req = req.header("authorization", auth);
@@ -558,10 +684,26 @@ impl Server {
     }
 }
 
+/// One gateway process of a [`Server`].
+struct Gateway {
+    base: String,
+    child: Option<Child>,
+}
+
+/// `ws://…/chat/connect?userId={user}&token={token}` at `base` (`http://…`).
+pub fn ws_url_at(base: &str, user: &str, token: &str) -> String {
+    format!(
+        "{}/chat/connect?userId={user}&token={token}",
+        base.replacen("http", "ws", 1)
+    )
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.start_kill();
+        for gateway in &mut self.gateways {
+            if let Some(child) = &mut gateway.child {
+                let _ = child.start_kill();
+            }
         }
         if std::thread::panicking() {
             // Shown by the test runner with the failure.

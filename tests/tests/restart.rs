@@ -96,7 +96,7 @@ async fn ids_increase_across_repeated_kills() {
 /// A server without a configured secret generates one, keeps it in its data directory across a kill, and `switchboard token` signs with it.
 #[tokio::test]
 async fn generated_secret_survives_restart() {
-    let mut server = Server::start_with(Options::default().generated_secret()).await;
+    let mut server = Server::start_with(Options::default().embedded().generated_secret()).await;
     let token = server.cli_token("alice", 3600);
     let mut alice = server
         .try_connect("alice", &token)
