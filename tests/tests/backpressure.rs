@@ -4,7 +4,8 @@
 use serde_json::json;
 use switchboard_e2e::{Server, alice_and_bob};
 
-/// Bob stops reading while Alice sends ~8 MB; the server closes Bob's socket
+/// Bob stops reading while Alice sends ~16 MB (more than his outbox of 1024
+/// frames plus what the kernel buffers on both ends absorb); the server closes Bob's socket
 /// (1013, or a dropped socket if even the close cannot be written), keeps
 /// serving Alice, and Bob finds every message in history afterwards.
 #[tokio::test]
@@ -12,7 +13,7 @@ async fn a_reader_that_stalls_is_disconnected_and_catches_up() {
     let server = Server::start().await;
     let (chat, mut alice, mut bob) = alice_and_bob(&server).await;
     let content = "x".repeat(4000);
-    let total = 2000;
+    let total = 4000;
     for chunk in 0..total / 500 {
         for i in 0..500 {
             let id = format!("c{}", chunk * 500 + i);
