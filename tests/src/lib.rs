@@ -419,6 +419,15 @@ impl Server {
         }
     }
 
+    /// The process id of a running gateway.
+    pub fn gateway_pid(&self, index: usize) -> u32 {
+        self.gateways[index]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the gateway is running")
+    }
+
     /// Whether this server runs on the cluster backend.
     pub fn is_cluster(&self) -> bool {
         self.cluster.is_some()
@@ -929,6 +938,28 @@ impl Client {
         let _ = tokio::time::timeout(WAIT, async { while self.ws.next().await.is_some() {} }).await;
     }
 
+    /// The next frame within `within`: `Ok(None)` on silence, `Err` with
+    /// the reason when the connection ended. For tests that expect sockets
+    /// to die (a killed gateway) and handle it themselves.
+    pub async fn try_recv(&mut self, within: Duration) -> Result<Option<Value>, String> {
+        match self.next_event(within).await {
+            Event::Frame(frame) => Ok(Some(frame)),
+            Event::Silence => Ok(None),
+            Event::Closed(code, how) => Err(format!("closed ({code:?}): {how}")),
+        }
+    }
+
+    /// Sends `frame`; `Err` instead of a failure when the socket is gone.
+    pub async fn try_send_json(&mut self, frame: &Value) -> Result<(), String> {
+        match tokio::time::timeout(WAIT, self.ws.send(Message::Text(frame.to_string().into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("sending took over {WAIT:?}")),
+        }
+    }
+
     async fn next_event(&mut self, within: Duration) -> Event {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -959,6 +990,157 @@ impl Client {
             }
         }
     }
+}
+
+/// HAProxy in front of a cluster's gateways, configured from
+/// `infra/haproxy/haproxy.cfg.template` (what `infra/cluster.sh` runs).
+/// Killed when dropped.
+pub struct LoadBalancer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl LoadBalancer {
+    /// Starts HAProxy (`SWITCHBOARD_TEST_HAPROXY`, else `haproxy` on the
+    /// PATH or in /usr/sbin) on a free port in front of `gateways`, and waits
+    /// until it routes to all of them.
+    pub async fn start(gateways: &[String]) -> Self {
+        let template =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/haproxy/haproxy.cfg.template");
+        let template = std::fs::read_to_string(&template)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", template.display()));
+        let port = free_port();
+        let servers: String = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, base)| {
+                format!(
+                    "    server gw{} {} check\n",
+                    i + 1,
+                    base.trim_start_matches("http://")
+                )
+            })
+            .collect();
+        let config = template
+            .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+            .replace("@SERVERS@", &servers);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).expect("writing haproxy.cfg");
+        let binary = std::env::var("SWITCHBOARD_TEST_HAPROXY").unwrap_or_else(|_| {
+            if Path::new("/usr/sbin/haproxy").is_file() {
+                "/usr/sbin/haproxy".into()
+            } else {
+                "haproxy".into()
+            }
+        });
+        let child = Command::new(&binary)
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("haproxy.log")).expect("a log file"),
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary} (infra/test.sh installs it): {e}"));
+        let lb = LoadBalancer {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        };
+        // Ready when the health checks have found every gateway up: then
+        // `gateways.len()` requests in a row land on distinct gateways' /readyz.
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ok = http
+                .get(format!("{}/readyz", lb.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                // Let the first round of checks mark every server up.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                return lb;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not route to a gateway within {WAIT:?}; its log:\n{}",
+                tail(&lb._dir.path().join("haproxy.log"), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether HAProxy is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A private `redis-server` (no persistence) that a test may stop and
+/// start again, losing its data as a crashed Redis would.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl RedisProcess {
+    pub async fn start() -> Self {
+        let mut redis = RedisProcess {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL): its data is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("killing redis-server");
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting redis-server (infra/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not listen within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A direct chat between alice and bob (created by alice), both connected.
