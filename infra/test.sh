@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: formatting, lints, unit tests (host and
-# component cores), the host's containment tests and the end-to-end suite
-# against the real binary over real sockets.
+# component cores), the host's containment tests, the backend contract tests
+# (embedded, and real Redis + Cassandra), and the end-to-end suite against the
+# real binary over real sockets: once on the embedded backend, once on a
+# two-gateway cluster, plus the cluster fault tests behind HAProxy.
 #
 # Usage: infra/test.sh            (from anywhere)
 set -euo pipefail
@@ -28,10 +30,19 @@ cargo clippy --locked --target wasm32-wasip2 --target-dir target/components \
   -p send -p fanout -p presence -p history -p chats -- -D warnings
 
 log "services"
-# The backend contract tests run against a real Redis.
+# Real Redis and Cassandra for the contract, cluster and fault tests; HAProxy
+# for the load-balancer tests (they start their own from the same template).
 infra/redis.sh start
+infra/cassandra/cassandra.sh start
+if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
 export SWITCHBOARD_TEST_REDIS_URL="redis://127.0.0.1:6379"
+export SWITCHBOARD_TEST_CASSANDRA="127.0.0.1:9042"
 
 log "tests"
 export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
 cargo test --workspace --locked
+
+log "end-to-end suite on the cluster (two gateways, Redis, Cassandra)"
+SWITCHBOARD_E2E_BACKEND=cluster cargo test --locked -p switchboard-e2e
