@@ -2,7 +2,7 @@
 # The whole production shape on one machine: Redis, Cassandra, two gateways
 # on the cluster backend, and HAProxy in front of them.
 #   infra/cluster.sh up       build (release), start what is not running, wait until ready
-#   infra/cluster.sh down     stop everything `up` started
+#   infra/cluster.sh down     stop everything `up` started (Redis and Cassandra only if `up` started them)
 #   infra/cluster.sh status   what runs
 #   infra/cluster.sh token U  a token for user U, valid on every gateway
 # Clients use http://127.0.0.1:${SWITCHBOARD_LB_PORT:-8080} (WebSocket: /chat/connect).
@@ -42,6 +42,10 @@ ensure_haproxy() {
 }
 
 up() {
+  mkdir -p "$state"
+  # Remember which services this script started: `down` stops only those.
+  "$infra/redis.sh" status >/dev/null 2>&1 || touch "$state/started-redis"
+  "$infra/cassandra/cassandra.sh" status >/dev/null 2>&1 || touch "$state/started-cassandra"
   "$infra/redis.sh" start
   "$infra/cassandra/cassandra.sh" start
   local haproxy
@@ -94,8 +98,8 @@ down() {
     fi
     rm -f "$pidfile"
   done
-  "$infra/cassandra/cassandra.sh" stop
-  "$infra/redis.sh" stop
+  if [[ -f "$state/started-cassandra" ]]; then "$infra/cassandra/cassandra.sh" stop; rm -f "$state/started-cassandra"; fi
+  if [[ -f "$state/started-redis" ]]; then "$infra/redis.sh" stop; rm -f "$state/started-redis"; fi
 }
 
 status() {
