@@ -23,7 +23,8 @@ def main():
     samples, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, label in [("one_to_one_switchboard", "Switchboard (Wasm + durable store)"),
+    for name, label in [("one_to_one_switchboard", "Switchboard, embedded (Wasm + durable store)"),
+                        ("one_to_one_cluster", "Switchboard, 2 gateways + Redis + Cassandra"),
                         ("one_to_one_relay", "bare tokio relay (baseline)")]:
         path = samples / f"{name}.csv"
         if path.exists():

@@ -2,9 +2,14 @@
 # Reruns every benchmark and regenerates the table and plots in docs/.
 #   bench/scripts/run.sh           full sizes (minutes)
 #   bench/scripts/run.sh --quick   a smoke run with tiny sizes
+#   bench/scripts/run.sh --cluster also scenarios 1-3 on two gateways over Redis + Cassandra
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cargo build --release --locked -p host-gateway -p switchboard-bench
+if [[ " $* " == *" --cluster "* ]]; then
+  infra/redis.sh start
+  infra/cassandra/cassandra.sh start
+fi
 samples="$(mktemp -d)"
 ulimit -n 65536 2>/dev/null || true
 target/release/switchboard-bench --bin target/release/switchboard --samples-dir "$samples" "$@" | tee "$samples/table.md"

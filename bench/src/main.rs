@@ -30,6 +30,14 @@ struct Cli {
     /// Also write raw latency samples (CSV) here, for plots.
     #[arg(long)]
     samples_dir: Option<PathBuf>,
+    /// Also run scenarios 1-3 on two gateways over Redis + Cassandra
+    /// (`infra/redis.sh start`, `infra/cassandra/cassandra.sh start`).
+    #[arg(long)]
+    cluster: bool,
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(long, default_value = "127.0.0.1:9042")]
+    cassandra: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,5 +68,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         scenarios::Sizes::full()
     };
-    scenarios::run_all(&bin, &sizes, cli.samples_dir.as_deref()).await
+    let cluster = cli.cluster.then(|| target::ClusterServices {
+        redis_url: cli.redis_url.clone(),
+        cassandra: cli.cassandra.clone(),
+    });
+    scenarios::run_all(&bin, &sizes, cli.samples_dir.as_deref(), cluster.as_ref()).await
 }

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::target::{Sender, Socket, Target, recv_latency, send_stamped};
+use crate::target::{ClusterServices, Sender, Socket, Target, recv_latency, send_stamped};
 
 /// How big and how long.
 #[derive(Debug, Clone)]
@@ -74,20 +74,65 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-/// Runs every scenario and prints the table.
-pub async fn run_all(bin: &Path, sizes: &Sizes, samples: Option<&Path>) -> anyhow::Result<()> {
+/// What a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Embedded,
+    Cluster,
+    Relay,
+}
+
+impl Kind {
+    async fn start(self, bin: &Path, cluster: Option<&ClusterServices>) -> anyhow::Result<Target> {
+        match self {
+            Kind::Embedded => Target::switchboard(bin).await,
+            Kind::Relay => Target::relay().await,
+            Kind::Cluster => {
+                Target::cluster(bin, cluster.ok_or_else(|| anyhow::anyhow!("no cluster"))?).await
+            }
+        }
+    }
+
+    /// Suffix of a scenario name.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Cluster => ", cluster (2 gateways, cross-gateway)",
+            _ => "",
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Kind::Embedded => "switchboard",
+            Kind::Cluster => "cluster",
+            Kind::Relay => "relay",
+        }
+    }
+}
+
+/// Runs every scenario and prints the table. With `cluster`, scenarios 1-3
+/// also run on two gateways over Redis + Cassandra.
+pub async fn run_all(
+    bin: &Path,
+    sizes: &Sizes,
+    samples: Option<&Path>,
+    cluster: Option<&ClusterServices>,
+) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     eprintln!("sizes: {sizes:?}");
+    let mut switchboards = vec![Kind::Embedded];
+    if cluster.is_some() {
+        switchboards.push(Kind::Cluster);
+    }
 
-    // 1. 1:1 messaging: peak, then latency at half of peak.
+    // 1. 1:1 messaging: peak, then latency at half of peak. The relay is
+    // measured first; each Switchboard row is compared with it.
+    let mut kinds = vec![Kind::Relay];
+    kinds.extend(&switchboards);
     let mut peaks = Vec::new();
     let mut latencies = Vec::new();
-    for relay in [false, true] {
-        let target = if relay {
-            Target::relay().await?
-        } else {
-            Target::switchboard(bin).await?
-        };
+    for &kind in &kinds {
+        let target = kind.start(bin, cluster).await?;
         let sockets = pairs(&target, sizes.pairs).await?;
         let peak = closed_loop(sockets, sizes).await?;
         let sockets = pairs(&target, sizes.pairs).await?;
@@ -99,87 +144,86 @@ pub async fn run_all(bin: &Path, sizes: &Sizes, samples: Option<&Path>) -> anyho
             ms(&lat, 0.99)
         );
         if let Some(dir) = samples {
-            write_cdf(
-                &dir.join(format!(
-                    "one_to_one_{}.csv",
-                    if relay { "relay" } else { "switchboard" }
-                )),
-                &lat,
-            )?;
+            write_cdf(&dir.join(format!("one_to_one_{}.csv", kind.file())), &lat)?;
         }
         peaks.push(peak);
         latencies.push(lat);
     }
-    let one = format!("1:1, {} pairs", sizes.pairs);
-    rows.push(Row {
-        scenario: one.clone(),
-        metric: "peak delivered msg/s",
-        switchboard: peaks[0],
-        baseline: Some(peaks[1]),
-    });
-    for (q, metric) in [
-        (0.5, "p50 ms at 50% of peak"),
-        (0.9, "p90 ms"),
-        (0.99, "p99 ms"),
-        (0.999, "p99.9 ms"),
-    ] {
+    for (i, kind) in kinds.iter().enumerate().skip(1) {
+        let one = format!("1:1, {} pairs{}", sizes.pairs, kind.label());
         rows.push(Row {
             scenario: one.clone(),
-            metric,
-            switchboard: ms(&latencies[0], q),
-            baseline: Some(ms(&latencies[1], q)),
+            metric: "peak delivered msg/s",
+            switchboard: peaks[i],
+            baseline: Some(peaks[0]),
+        });
+        for (q, metric) in [
+            (0.5, "p50 ms at 50% of peak"),
+            (0.9, "p90 ms"),
+            (0.99, "p99 ms"),
+            (0.999, "p99.9 ms"),
+        ] {
+            rows.push(Row {
+                scenario: one.clone(),
+                metric,
+                switchboard: ms(&latencies[i], q),
+                baseline: Some(ms(&latencies[0], q)),
+            });
+        }
+        rows.push(Row {
+            scenario: one.clone(),
+            metric: "max ms",
+            switchboard: latencies[i].max() as f64 / 1000.0,
+            baseline: Some(latencies[0].max() as f64 / 1000.0),
         });
     }
-    rows.push(Row {
-        scenario: one.clone(),
-        metric: "max ms",
-        switchboard: latencies[0].max() as f64 / 1000.0,
-        baseline: Some(latencies[1].max() as f64 / 1000.0),
-    });
 
     // 2. A group: send to the last member's receive.
     let mut group = Vec::new();
-    for relay in [false, true] {
-        let target = if relay {
-            Target::relay().await?
-        } else {
-            Target::switchboard(bin).await?
-        };
+    for &kind in &kinds {
+        let target = kind.start(bin, cluster).await?;
         group.push(group_fanout(&target, sizes).await?);
     }
-    let scenario = format!("group of {}, last member", sizes.group_size);
-    for (q, metric) in [(0.5, "p50 ms"), (0.99, "p99 ms")] {
-        rows.push(Row {
-            scenario: scenario.clone(),
-            metric,
-            switchboard: ms(&group[0], q),
-            baseline: Some(ms(&group[1], q)),
-        });
+    for (i, kind) in kinds.iter().enumerate().skip(1) {
+        let scenario = format!("group of {}, last member{}", sizes.group_size, kind.label());
+        for (q, metric) in [(0.5, "p50 ms"), (0.99, "p99 ms")] {
+            rows.push(Row {
+                scenario: scenario.clone(),
+                metric,
+                switchboard: ms(&group[i], q),
+                baseline: Some(ms(&group[0], q)),
+            });
+        }
     }
 
     // 3. History paging (Switchboard only: the relay stores nothing).
-    let target = Target::switchboard(bin).await?;
-    let (rate, lat) = history(&target, sizes).await?;
-    let scenario = format!("history, page of 50 of {}", sizes.history_messages);
-    rows.push(Row {
-        scenario: scenario.clone(),
-        metric: "requests/s",
-        switchboard: rate,
-        baseline: None,
-    });
-    rows.push(Row {
-        scenario: scenario.clone(),
-        metric: "p50 ms",
-        switchboard: ms(&lat, 0.5),
-        baseline: None,
-    });
-    rows.push(Row {
-        scenario,
-        metric: "p99 ms",
-        switchboard: ms(&lat, 0.99),
-        baseline: None,
-    });
-    drop(target);
+    for &kind in &switchboards {
+        let target = kind.start(bin, cluster).await?;
+        let (rate, lat) = history(&target, sizes).await?;
+        let scenario = format!(
+            "history, page of 50 of {}{}",
+            sizes.history_messages,
+            kind.label()
+        );
+        rows.push(Row {
+            scenario: scenario.clone(),
+            metric: "requests/s",
+            switchboard: rate,
+            baseline: None,
+        });
+        rows.push(Row {
+            scenario: scenario.clone(),
+            metric: "p50 ms",
+            switchboard: ms(&lat, 0.5),
+            baseline: None,
+        });
+        rows.push(Row {
+            scenario,
+            metric: "p99 ms",
+            switchboard: ms(&lat, 0.99),
+            baseline: None,
+        });
+    }
 
     // 5. Idle connections: memory per connection.
     let mut per_conn = Vec::new();

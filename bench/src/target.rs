@@ -19,13 +19,26 @@ pub type Sender = futures_util::stream::SplitSink<Socket, Message>;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
-/// A server process: Switchboard, or the baseline relay.
+/// A server under test: Switchboard (one process, or two gateways of a
+/// cluster), or the baseline relay.
 pub struct Target {
     pub name: &'static str,
+    /// The first process's `http://127.0.0.1:PORT`.
     pub base: String,
-    child: Child,
+    /// Every process's base; connections alternate between them, so on a
+    /// cluster a sender and its receiver sit on different gateways.
+    bases: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
+    children: Vec<Child>,
     _data: Option<tempfile::TempDir>,
     http: reqwest::Client,
+}
+
+/// Where a cluster's shared services are.
+#[derive(Debug, Clone)]
+pub struct ClusterServices {
+    pub redis_url: String,
+    pub cassandra: String,
 }
 
 impl Target {
@@ -42,6 +55,42 @@ impl Target {
         Self::spawn("switchboard", cmd, Some(data)).await
     }
 
+    /// Two Switchboard gateways on Redis + Cassandra, in a fresh keyspace
+    /// and key prefix.
+    pub async fn cluster(bin: &Path, services: &ClusterServices) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let tag = format!("{:08x}", now_micros() as u32);
+        let mut children = Vec::new();
+        let mut bases = Vec::new();
+        // One after the other: the first creates the schema.
+        for node in 1..=2 {
+            let mut cmd = Command::new(bin);
+            cmd.arg("serve")
+                .arg("--listen=127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data.path())
+                .arg(format!("--jwt-secret={SECRET}"))
+                .args([
+                    "--backend=cluster".to_string(),
+                    format!("--node-id={node}"),
+                    format!("--redis-url={}", services.redis_url),
+                    format!("--redis-prefix=bench{tag}:"),
+                    format!("--cassandra-nodes={}", services.cassandra),
+                    format!("--cassandra-keyspace=bench_{tag}"),
+                ])
+                .env("RUST_LOG", "error");
+            let (child, base) = Self::spawn_process(cmd).await?;
+            children.push(child);
+            bases.push(base);
+        }
+        Ok(Self::new(
+            "switchboard cluster",
+            children,
+            bases,
+            Some(data),
+        ))
+    }
+
     /// The bare relay (this binary's `relay` subcommand).
     pub async fn relay() -> anyhow::Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
@@ -49,11 +98,33 @@ impl Target {
         Self::spawn("bare relay", cmd, None).await
     }
 
+    fn new(
+        name: &'static str,
+        children: Vec<Child>,
+        bases: Vec<String>,
+        data: Option<tempfile::TempDir>,
+    ) -> Self {
+        Self {
+            name,
+            base: bases[0].clone(),
+            bases,
+            next: Default::default(),
+            children,
+            _data: data,
+            http: reqwest::Client::new(),
+        }
+    }
+
     async fn spawn(
         name: &'static str,
-        mut cmd: Command,
+        cmd: Command,
         data: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Self> {
+        let (child, base) = Self::spawn_process(cmd).await?;
+        Ok(Self::new(name, vec![child], vec![base], data))
+    }
+
+    async fn spawn_process(mut cmd: Command) -> anyhow::Result<(Child, String)> {
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -72,17 +143,12 @@ impl Target {
             .context("unexpected first line")?
             .trim()
             .to_owned();
-        Ok(Self {
-            name,
-            base,
-            child,
-            _data: data,
-            http: reqwest::Client::new(),
-        })
+        Ok((child, base))
     }
 
+    /// The first process's id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.children.first()?.id()
     }
 
     pub fn token(user: &str) -> String {
@@ -98,12 +164,14 @@ impl Target {
     /// Opens a WebSocket for `user` from local address `127.0.0.<source>`,
     /// so thousands of connections do not exhaust one address's ports.
     pub async fn connect(&self, user: &str, source: u8) -> anyhow::Result<Socket> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = &self.bases[n % self.bases.len()];
         let url = format!(
             "{}/chat/connect?userId={user}&token={}",
-            self.base.replacen("http", "ws", 1),
+            base.replacen("http", "ws", 1),
             Self::token(user)
         );
-        let addr: std::net::SocketAddr = self.base.trim_start_matches("http://").parse()?;
+        let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse()?;
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
         let stream = socket.connect(addr).await?;
