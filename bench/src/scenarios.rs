@@ -24,6 +24,7 @@ pub struct Sizes {
     pub history_messages: usize,
     pub history_clients: usize,
     pub idle_connections: usize,
+    pub presence_connections: usize,
     pub wasm_events: usize,
 }
 
@@ -38,6 +39,7 @@ impl Sizes {
             history_messages: 100_000,
             history_clients: 8,
             idle_connections: 10_000,
+            presence_connections: 1_000,
             wasm_events: 100_000,
         }
     }
@@ -52,6 +54,7 @@ impl Sizes {
             history_messages: 500,
             history_clients: 2,
             idle_connections: 200,
+            presence_connections: 20,
             wasm_events: 2_000,
         }
     }
@@ -221,6 +224,22 @@ pub async fn run_all(
             scenario,
             metric: "p99 ms",
             switchboard: ms(&lat, 0.99),
+            baseline: None,
+        });
+    }
+
+    // 4. Presence: heartbeats/s sustained over many connections.
+    for &kind in &switchboards {
+        let target = kind.start(bin, cluster).await?;
+        let rate = presence(&target, sizes).await?;
+        rows.push(Row {
+            scenario: format!(
+                "presence, {} connections{}",
+                sizes.presence_connections,
+                kind.label()
+            ),
+            metric: "heartbeats/s sustained",
+            switchboard: rate,
             baseline: None,
         });
     }
@@ -555,6 +574,69 @@ async fn history(target: &Target, sizes: &Sizes) -> anyhow::Result<(f64, Histogr
         done.load(Ordering::Relaxed) as f64 / sizes.duration.as_secs_f64(),
         all,
     ))
+}
+
+/// Every connection sends heartbeats in rounds of 10, each round closed by
+/// a `subscribePresence` for its chat partner: the `presence` answer comes
+/// after the round's heartbeats were handled (one connection's presence
+/// frames are handled in order). Returns heartbeats handled per second.
+async fn presence(target: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const ROUND: u64 = 10;
+    let n = sizes.presence_connections.max(2) / 2 * 2;
+    let mut sockets = Vec::with_capacity(n);
+    for i in (0..n).step_by(2) {
+        let (a, b) = (format!("pa{i}"), format!("pb{i}"));
+        target
+            .create_chat(&a, std::slice::from_ref(&b), None)
+            .await?;
+        sockets.push((target.connect(&a, 1 + (i % 50) as u8).await?, b.clone()));
+        sockets.push((target.connect(&b, 1 + (i % 50) as u8).await?, a));
+    }
+    let handled = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + sizes.duration;
+    let tasks = sockets.into_iter().map(|(mut ws, partner)| {
+        let handled = handled.clone();
+        async move {
+            let heartbeat = Message::Text(r#"{"type":"heartbeat"}"#.into());
+            let subscribe = Message::Text(
+                serde_json::json!({"type": "subscribePresence", "userIds": [partner]})
+                    .to_string()
+                    .into(),
+            );
+            while Instant::now() < deadline {
+                for _ in 0..ROUND {
+                    if ws.feed(heartbeat.clone()).await.is_err() {
+                        return;
+                    }
+                }
+                if ws.send(subscribe.clone()).await.is_err() {
+                    return;
+                }
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                        Ok(Some(Ok(Message::Text(text))))
+                            if text.contains(r#""type":"presence""#) =>
+                        {
+                            break;
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => return,
+                    }
+                }
+                handled.fetch_add(ROUND, Ordering::Relaxed);
+            }
+        }
+    });
+    let started = Instant::now();
+    join_all(tasks).await;
+    let rate = handled.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "{}: presence {rate:.0} heartbeats/s over {n} connections",
+        target.name
+    );
+    Ok(rate)
 }
 
 async fn idle(target: &Target, n: usize) -> anyhow::Result<f64> {
