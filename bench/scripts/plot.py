@@ -40,6 +40,26 @@ def main():
     fig.savefig(out / "latency-cdf.png", dpi=110)
     print(f"wrote {out / 'latency-cdf.png'}")
 
+    sweep = samples / "throughput.csv"
+    if sweep.exists():
+        with open(sweep) as f:
+            rows = list(csv.DictReader(f))
+        pairs = [int(r["pairs"]) for r in rows]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(pairs, [float(r["switchboard"]) for r in rows], marker="o",
+                label="Switchboard, embedded (Wasm + durable store)")
+        ax.plot(pairs, [float(r["relay"]) for r in rows], marker="o",
+                label="bare tokio relay (baseline)")
+        ax.set_xscale("log")
+        ax.set_xlabel("sender/receiver pairs (2 connections each, log scale)")
+        ax.set_ylabel("delivered messages/s (closed loop)")
+        ax.set_title("Throughput against connections")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "throughput-vs-connections.png", dpi=110)
+        print(f"wrote {out / 'throughput-vs-connections.png'}")
+
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,11 @@ pub struct Sizes {
     pub history_clients: usize,
     pub idle_connections: usize,
     pub presence_connections: usize,
+    /// Also measure idle memory at the machine's connection ceiling.
+    pub idle_ceiling: bool,
+    /// Pair counts of the throughput sweep, each run for `sweep_duration`.
+    pub sweep_pairs: Vec<usize>,
+    pub sweep_duration: Duration,
     pub wasm_events: usize,
 }
 
@@ -40,6 +45,9 @@ impl Sizes {
             history_clients: 8,
             idle_connections: 10_000,
             presence_connections: 1_000,
+            idle_ceiling: true,
+            sweep_pairs: vec![1, 10, 50, 200, 1000],
+            sweep_duration: Duration::from_secs(4),
             wasm_events: 100_000,
         }
     }
@@ -55,6 +63,9 @@ impl Sizes {
             history_clients: 2,
             idle_connections: 200,
             presence_connections: 20,
+            idle_ceiling: false,
+            sweep_pairs: vec![1, 4],
+            sweep_duration: Duration::from_millis(500),
             wasm_events: 2_000,
         }
     }
@@ -244,22 +255,48 @@ pub async fn run_all(
         });
     }
 
-    // 5. Idle connections: memory per connection.
-    let mut per_conn = Vec::new();
-    for relay in [false, true] {
-        let target = if relay {
-            Target::relay().await?
-        } else {
-            Target::switchboard(bin).await?
-        };
-        per_conn.push(idle(&target, sizes.idle_connections).await?);
+    // 5. Idle connections: memory per connection, at the configured count
+    // and at this machine's ceiling (open-file limit of one process, which
+    // both the server and this client must stay under).
+    let ceiling = open_file_limit().saturating_sub(1_000);
+    let mut counts = vec![sizes.idle_connections.min(ceiling)];
+    if sizes.idle_ceiling && ceiling > counts[0] {
+        counts.push(ceiling.min(50_000));
     }
-    rows.push(Row {
-        scenario: format!("{} idle connections", sizes.idle_connections),
-        metric: "RSS KiB per connection",
-        switchboard: per_conn[0],
-        baseline: Some(per_conn[1]),
-    });
+    for n in counts {
+        let mut per_conn = Vec::new();
+        for kind in [Kind::Embedded, Kind::Relay] {
+            let target = kind.start(bin, cluster).await?;
+            per_conn.push(idle(&target, n).await?);
+        }
+        rows.push(Row {
+            scenario: format!("{n} idle connections"),
+            metric: "RSS KiB per connection",
+            switchboard: per_conn[0],
+            baseline: Some(per_conn[1]),
+        });
+    }
+
+    // Throughput against the number of connections (for the plot).
+    if let Some(dir) = samples {
+        let mut csv = String::from("pairs,switchboard,relay\n");
+        for &n in &sizes.sweep_pairs {
+            let mut peak = Vec::new();
+            for kind in [Kind::Embedded, Kind::Relay] {
+                let target = kind.start(bin, cluster).await?;
+                let sockets = pairs(&target, n).await?;
+                let mut sweep = sizes.clone();
+                sweep.duration = sizes.sweep_duration;
+                peak.push(closed_loop(sockets, &sweep).await?);
+            }
+            eprintln!(
+                "sweep: {n} pairs: {:.0} vs relay {:.0} msg/s",
+                peak[0], peak[1]
+            );
+            csv.push_str(&format!("{n},{:.0},{:.0}\n", peak[0], peak[1]));
+        }
+        std::fs::write(dir.join("throughput.csv"), csv)?;
+    }
 
     // 6. Wasm invocation cost, in process (baseline: the same backend call without Wasm).
     let cost = crate::wasm_cost::measure(sizes.wasm_events, 128).await?;
@@ -637,6 +674,21 @@ async fn presence(target: &Target, sizes: &Sizes) -> anyhow::Result<f64> {
         target.name
     );
     Ok(rate)
+}
+
+/// The soft open-file limit of this process (`Max open files`), which the
+/// server under test inherits.
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(1024)
 }
 
 async fn idle(target: &Target, n: usize) -> anyhow::Result<f64> {
