@@ -25,10 +25,11 @@ const SEALED: i64 = -1;
 /// How many rounds one append may take before giving up under contention.
 const MAX_ROUNDS: usize = 32;
 
-/// Limits of one transaction, well under Cassandra's default batch limits
-/// (warn at 64 KiB... fail at 640 KiB of mutations).
+/// Limits of one transaction: half of Cassandra's default batch size
+/// failure threshold (`batch_size_fail_threshold`: 50 KiB), counting row
+/// overhead generously. Larger batches only warn (above 5 KiB).
 const MAX_MESSAGES_PER_COMMIT: usize = 64;
-const MAX_BYTES_PER_COMMIT: usize = 48 * 1024;
+const MAX_BYTES_PER_COMMIT: usize = 24 * 1024;
 
 /// What this gateway last learned about a chat's newest bucket. Only a hint:
 /// each commit is a transaction conditioned on `last`, and a failed one
@@ -343,7 +344,8 @@ impl CassandraStore {
                 } else {
                     self.ids.next_after(previous_id as u64) as i64
                 };
-                bytes += messages[i].content.len() + messages[i].client_msg_id.len() + 64;
+                let m = &messages[i];
+                bytes += m.content.len() + 2 * (m.client_msg_id.len() + m.sender_id.len()) + 128;
                 if self.bucket_of(id) != head.bucket
                     || ids.len() == MAX_MESSAGES_PER_COMMIT
                     || (!ids.is_empty() && bytes > MAX_BYTES_PER_COMMIT)
