@@ -2,7 +2,7 @@
 //! `cargo run -p host-gateway` is the whole system.
 //!
 //! The components are built by a nested cargo into their own target
-//! directory (`target/components`): the outer build holds the lock of the
+//! directory (`<target>/components`): the outer build holds the lock of the
 //! main one. Set `SWITCHBOARD_PREBUILT_COMPONENTS=<dir>` to embed already
 //! built `<name>.wasm` files instead.
 
@@ -50,7 +50,12 @@ fn build_components(root: &Path) -> PathBuf {
         "cargo:rerun-if-changed={}",
         root.join("Cargo.lock").display()
     );
-    let target_dir = root.join("target").join("components");
+    // Beside the outer build's artefacts: `<target>/components`, where
+    // `<target>` is CARGO_TARGET_DIR (relative to the workspace) or `target`.
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir))
+        .join("components");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)

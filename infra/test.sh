@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
+# Build artefacts live outside the checkout so a fresh clone on the same
+# machine (as CI makes) rebuilds only what changed.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard/target}"
+
 log "toolchain"
 # rust-toolchain.toml pins the compiler and lists the wasm target; rustup
 # installs the target only with a new toolchain, so make sure of it here.
@@ -26,7 +30,7 @@ cargo build --workspace --all-targets --locked
 log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The components' Wasm shells compile only for the wasm target.
-cargo clippy --locked --target wasm32-wasip2 --target-dir target/components \
+cargo clippy --locked --target wasm32-wasip2 --target-dir "$CARGO_TARGET_DIR/components" \
   -p send -p fanout -p presence -p history -p chats -- -D warnings
 
 log "services"
@@ -41,7 +45,7 @@ export SWITCHBOARD_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export SWITCHBOARD_TEST_CASSANDRA="127.0.0.1:9042"
 
 log "tests"
-export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
+export SWITCHBOARD_BIN="$CARGO_TARGET_DIR/debug/switchboard"
 cargo test --workspace --locked
 
 log "end-to-end suite on the cluster (two gateways, Redis, Cassandra)"

@@ -26,7 +26,9 @@ fn faulty_components() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = root.join("target").join("components");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), |dir| root.join(dir))
+            .join("components");
         let status = Command::new(env!("CARGO"))
             .current_dir(&root)
             .args([
