@@ -47,13 +47,23 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// Only scenario 6 (in process, seconds): for iterating on invocation cost.
+    WasmCost {
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Relay { listen }) = cli.command {
-        return relay::serve(listen).await;
+    match cli.command {
+        Some(Command::Relay { listen }) => return relay::serve(listen).await,
+        Some(Command::WasmCost { events }) => {
+            println!("{:?}", wasm_cost::measure(events, 128).await?);
+            return Ok(());
+        }
+        None => {}
     }
     let bin = cli
         .bin
