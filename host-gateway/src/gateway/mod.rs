@@ -76,8 +76,7 @@ async fn open_backends(config: &Config, ids: Arc<Snowflake>) -> anyhow::Result<B
             );
             let client = ::redis::Client::open(config.redis_url.as_str())
                 .with_context(|| format!("parsing the Redis URL {}", config.redis_url))?;
-            let manager = client
-                .get_connection_manager()
+            let manager = crate::backend::redis::connect(&client)
                 .await
                 .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
             let presence = Arc::new(RedisPresence::new(manager, config.redis_prefix.clone()));

@@ -74,15 +74,16 @@ impl RedisRouter {
         prefix: impl Into<String>,
         gateway: u16,
     ) -> anyhow::Result<Arc<Self>> {
-        let redis = client.get_connection_manager().await?;
+        let redis = super::connect(&client).await?;
         let router = Arc::new(Self {
             local: Arc::new(InProcessRouter::default()),
             redis,
             prefix: prefix.into(),
             gateway,
         });
-        tokio::spawn(subscriber(client, router.clone()));
-        tokio::spawn(refresher(Arc::downgrade(&router)));
+        let resubscribed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(subscriber(client, router.clone(), resubscribed.clone()));
+        tokio::spawn(refresher(Arc::downgrade(&router), resubscribed));
         Ok(router)
     }
 
@@ -244,8 +245,12 @@ impl Router for RedisRouter {
 }
 
 /// Receives this gateway's channel and the presence channel, reconnecting
-/// after Redis restarts.
-async fn subscriber(client: redis::Client, router: Arc<RedisRouter>) {
+/// after Redis restarts; each (re)subscription wakes the refresher.
+async fn subscriber(
+    client: redis::Client,
+    router: Arc<RedisRouter>,
+    resubscribed: Arc<tokio::sync::Notify>,
+) {
     let channels = [
         router.gateway_channel(router.gateway),
         router.presence_channel(),
@@ -259,6 +264,9 @@ async fn subscriber(client: redis::Client, router: Arc<RedisRouter>) {
                 }
                 if subscribed {
                     tracing::info!(gateway = router.gateway, "subscribed to gateway channels");
+                    // The Redis now answering may have lost its data (a
+                    // restart): re-advertise our users at once, not at the next tick.
+                    resubscribed.notify_one();
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
                         let Ok(payload) = message.get_payload::<String>() else {
@@ -280,12 +288,16 @@ async fn subscriber(client: redis::Client, router: Arc<RedisRouter>) {
     }
 }
 
-/// Re-advertises this gateway's users well within the registry TTL, which
-/// also rebuilds the registry after Redis lost its data.
-async fn refresher(router: std::sync::Weak<RedisRouter>) {
+/// Re-advertises this gateway's users well within the registry TTL, and
+/// right after a resubscription, which rebuilds the registry after Redis
+/// lost its data.
+async fn refresher(router: std::sync::Weak<RedisRouter>, resubscribed: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(ROUTE_TTL / 3);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = resubscribed.notified() => {}
+        }
         let Some(router) = router.upgrade() else {
             return;
         };
