@@ -7,23 +7,30 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_e2e::{Options, Server, WAIT};
 
-/// The infra script's Cassandra: `SWITCHBOARD_TEST_CASSANDRA_PID`, else the
-/// pid file `infra/cassandra/cassandra.sh` writes.
+/// The test Cassandra's pid: `SWITCHBOARD_TEST_CASSANDRA_PID`, else the pid
+/// file `infra/cassandra/cassandra.sh` writes, else the one CassandraDaemon
+/// running (started from another checkout).
 fn cassandra_pid() -> String {
     if let Ok(pid) = std::env::var("SWITCHBOARD_TEST_CASSANDRA_PID") {
         return pid;
     }
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../infra/.state/cassandra/cassandra.pid");
-    std::fs::read_to_string(&file)
-        .unwrap_or_else(|e| {
-            panic!(
-                "reading {} (start it with infra/cassandra/cassandra.sh start): {e}",
-                file.display()
-            )
-        })
-        .trim()
-        .to_owned()
+    if let Ok(pid) = std::fs::read_to_string(&file) {
+        return pid.trim().to_owned();
+    }
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", "org.apache.cassandra.service.CassandraDaemon"])
+        .output()
+        .expect("running pgrep");
+    let pids = String::from_utf8_lossy(&found.stdout);
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "expected one Cassandra (infra/cassandra/cassandra.sh start), found pids {pids:?}"
+    );
+    pids[0].to_owned()
 }
 
 fn signal(pid: &str, sig: &str) {
