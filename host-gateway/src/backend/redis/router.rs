@@ -293,18 +293,37 @@ async fn subscriber(
 /// lost its data.
 async fn refresher(router: std::sync::Weak<RedisRouter>, resubscribed: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(ROUTE_TTL / 3);
+    // After a failed refresh (a connection broken by the restart that
+    // woke us), try again shortly rather than a whole tick later.
+    let mut retry_soon = false;
     loop {
+        let retry = async {
+            if retry_soon {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {}
             () = resubscribed.notified() => {}
+            () = retry => {}
         }
         let Some(router) = router.upgrade() else {
             return;
         };
+        let failing = retry_soon;
+        retry_soon = false;
         let users = router.local.users();
         for chunk in users.chunks(500) {
             if let Err(e) = router.advertise(chunk).await {
-                tracing::warn!(error = %e, "refreshing the connection registry failed");
+                // Once per outage at warn level; the retries stay quiet.
+                if failing {
+                    tracing::debug!(error = %e, "refreshing the connection registry failed again");
+                } else {
+                    tracing::warn!(error = %e, "refreshing the connection registry failed");
+                }
+                retry_soon = true;
                 break;
             }
         }
