@@ -34,7 +34,7 @@ start() {
     java.management.rmi/com.sun.jmx.remote.internal.rmi java.management/com.sun.jmx.remote.security
     java.rmi/sun.rmi.registry java.rmi/sun.rmi.server java.rmi/sun.rmi.transport.tcp java.sql/java.sql
     jdk.unsupported/sun.misc jdk.compiler/com.sun.tools.javac.file jdk.attach/sun.tools.attach)
-  local args=(-Xms1G -Xmx1G -XX:+UseG1GC -Xss512k)
+  local args=(-Xms2G -Xmx2G -XX:+UseG1GC -Xss512k)
   for o in "${opens[@]}"; do args+=("--add-opens=$o=ALL-UNNAMED"); done
   for e in "${exports[@]}"; do args+=("--add-exports=$e=ALL-UNNAMED"); done
   args+=(

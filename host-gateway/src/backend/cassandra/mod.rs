@@ -157,6 +157,9 @@ fn schema(keyspace: &str, replication_factor: u32) -> Vec<String> {
     ]
 }
 
+/// How long one schema statement may take.
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn migrate(session: &Session, keyspace: &str, replication_factor: u32) -> anyhow::Result<()> {
     anyhow::ensure!(
         !keyspace.is_empty()
@@ -166,7 +169,11 @@ async fn migrate(session: &Session, keyspace: &str, replication_factor: u32) -> 
         "keyspace name {keyspace:?} must be letters, digits and _"
     );
     for ddl in schema(keyspace, replication_factor) {
-        session.query_unpaged(ddl, ()).await?;
+        // Schema changes take far longer than reads and writes (seconds on a
+        // busy node with many tables): not bound by the request timeout.
+        let mut statement = scylla::statement::Statement::new(ddl);
+        statement.set_request_timeout(Some(DDL_TIMEOUT));
+        session.query_unpaged(statement, ()).await?;
     }
     session.await_schema_agreement().await?;
     Ok(())
