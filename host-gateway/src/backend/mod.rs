@@ -80,6 +80,33 @@ pub struct Watermarks {
     pub read_up_to: u64,
 }
 
+impl Watermarks {
+    /// These watermarks raised by a `kind` receipt up to `up_to` (read also
+    /// raises delivered), and whether the `kind` watermark moved: the rule
+    /// every store applies.
+    pub fn advanced(self, kind: ReceiptKind, up_to: u64) -> (Watermarks, bool) {
+        let mut after = self;
+        after.delivered_up_to = after.delivered_up_to.max(up_to);
+        if kind == ReceiptKind::Read {
+            after.read_up_to = after.read_up_to.max(up_to);
+        }
+        let moved = match kind {
+            ReceiptKind::Delivered => after.delivered_up_to != self.delivered_up_to,
+            ReceiptKind::Read => after.read_up_to != self.read_up_to,
+        };
+        (after, moved)
+    }
+}
+
+/// Orders a user's chats as `chats_of` returns them: newest first, then by id.
+pub fn sort_newest_first(chats: &mut [Chat]) {
+    chats.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+}
+
 /// A member's watermarks, with who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {

@@ -115,7 +115,7 @@ impl ChatDirectory for CassandraStore {
             )
             .await
             .map_err(unavailable)?;
-        if super::messages::applied(result)? {
+        if super::applied(result)? {
             return Ok((chat, true));
         }
         let existing = self.get_chat(&chat.id).await?.ok_or_else(|| {
@@ -148,11 +148,7 @@ impl ChatDirectory for CassandraStore {
                 chats.push(chat);
             }
         }
-        chats.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
+        crate::backend::sort_newest_first(&mut chats);
         Ok(chats)
     }
 
@@ -182,7 +178,7 @@ impl ChatDirectory for CassandraStore {
             )
             .await
             .map_err(unavailable)?;
-        if !super::messages::applied(result)? {
+        if !super::applied(result)? {
             return Err(match self.get_chat(chat).await? {
                 None => StoreError::NotFound,
                 Some(_) => StoreError::Conflict("members changed concurrently".into()),

@@ -5,11 +5,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use scylla::response::query_result::QueryResult;
 use scylla::statement::batch::{Batch, BatchType};
-use scylla::value::{CqlValue, Row};
+use scylla::value::CqlValue;
 
-use super::{CassandraStore, unavailable};
+use super::{CassandraStore, applied, unavailable};
 use crate::backend::{
     Appended, Message, MessageStore, NewMessage, Receipt, ReceiptKind, StoreError, StoreResult,
     Watermarks,
@@ -78,19 +77,6 @@ impl HeadCache {
 /// The claim key of a (sender, client msg id): user ids never contain `\n`.
 fn client_key(message: &NewMessage) -> String {
     format!("{}\n{}", message.sender_id, message.client_msg_id)
-}
-
-/// Whether a lightweight transaction applied.
-pub(super) fn applied(result: QueryResult) -> StoreResult<bool> {
-    let rows = result.into_rows_result().map_err(unavailable)?;
-    let Some((index, _)) = rows.column_specs().get_by_name("[applied]") else {
-        return Err(unavailable("transaction result without [applied]"));
-    };
-    let first = rows.maybe_first_row::<Row>().map_err(unavailable)?;
-    Ok(matches!(
-        first.and_then(|row| row.columns.into_iter().nth(index).flatten()),
-        Some(CqlValue::Boolean(true))
-    ))
 }
 
 type MessageRow = (i64, String, String, String, i64);
@@ -627,15 +613,7 @@ impl MessageStore for CassandraStore {
     ) -> StoreResult<(Watermarks, bool)> {
         let up_to = up_to.min(i64::MAX as u64);
         let current = self.read_marks(chat, user).await?;
-        let mut next = current;
-        next.delivered_up_to = next.delivered_up_to.max(up_to);
-        if kind == ReceiptKind::Read {
-            next.read_up_to = next.read_up_to.max(up_to);
-        }
-        let moved = match kind {
-            ReceiptKind::Delivered => next.delivered_up_to != current.delivered_up_to,
-            ReceiptKind::Read => next.read_up_to != current.read_up_to,
-        };
+        let (next, moved) = current.advanced(kind, up_to);
         if next == current {
             return Ok((current, false));
         }

@@ -28,10 +28,12 @@ use std::time::Duration;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
+use scylla::value::{CqlValue, Row};
 
-use crate::backend::StoreError;
+use crate::backend::{StoreError, StoreResult};
 use crate::ids::Snowflake;
 
 pub use messages::DEFAULT_BUCKET_MS;
@@ -322,6 +324,19 @@ impl Statements {
             .await?,
         })
     }
+}
+
+/// Whether a lightweight transaction applied.
+fn applied(result: QueryResult) -> StoreResult<bool> {
+    let rows = result.into_rows_result().map_err(unavailable)?;
+    let Some((index, _)) = rows.column_specs().get_by_name("[applied]") else {
+        return Err(unavailable("transaction result without [applied]"));
+    };
+    let first = rows.maybe_first_row::<Row>().map_err(unavailable)?;
+    Ok(matches!(
+        first.and_then(|row| row.columns.into_iter().nth(index).flatten()),
+        Some(CqlValue::Boolean(true))
+    ))
 }
 
 /// A driver error: the backend did not answer as it should. Counted, and

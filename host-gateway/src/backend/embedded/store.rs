@@ -331,20 +331,7 @@ impl MessageStore for EmbeddedStore {
                     delivered_up_to: delivered,
                     read_up_to: read,
                 };
-                let mut after = before;
-                match kind {
-                    ReceiptKind::Delivered => {
-                        after.delivered_up_to = after.delivered_up_to.max(up_to)
-                    }
-                    ReceiptKind::Read => {
-                        after.read_up_to = after.read_up_to.max(up_to);
-                        after.delivered_up_to = after.delivered_up_to.max(up_to);
-                    }
-                }
-                let moved = match kind {
-                    ReceiptKind::Delivered => after.delivered_up_to != before.delivered_up_to,
-                    ReceiptKind::Read => after.read_up_to != before.read_up_to,
-                };
+                let (after, moved) = before.advanced(kind, up_to);
                 if after != before {
                     table
                         .insert(
@@ -461,11 +448,7 @@ impl ChatDirectory for EmbeddedStore {
                     out.push(chat);
                 }
             }
-            out.sort_by(|a, b| {
-                b.created_at
-                    .cmp(&a.created_at)
-                    .then_with(|| a.id.cmp(&b.id))
-            });
+            crate::backend::sort_newest_first(&mut out);
             Ok(out)
         })
         .await
