@@ -45,13 +45,7 @@ impl Target {
     /// Switchboard on the embedded backend, with a fresh data directory.
     pub async fn switchboard(bin: &Path) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen=127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg(format!("--jwt-secret={SECRET}"))
-            .env("RUST_LOG", "error");
+        let cmd = serve(bin, data.path());
         Self::spawn("switchboard", cmd, Some(data)).await
     }
 
@@ -64,21 +58,15 @@ impl Target {
         let mut bases = Vec::new();
         // One after the other: the first creates the schema.
         for node in 1..=2 {
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve")
-                .arg("--listen=127.0.0.1:0")
-                .arg("--data-dir")
-                .arg(data.path())
-                .arg(format!("--jwt-secret={SECRET}"))
-                .args([
-                    "--backend=cluster".to_string(),
-                    format!("--node-id={node}"),
-                    format!("--redis-url={}", services.redis_url),
-                    format!("--redis-prefix=bench{tag}:"),
-                    format!("--cassandra-nodes={}", services.cassandra),
-                    format!("--cassandra-keyspace=bench_{tag}"),
-                ])
-                .env("RUST_LOG", "error");
+            let mut cmd = serve(bin, data.path());
+            cmd.args([
+                "--backend=cluster".to_string(),
+                format!("--node-id={node}"),
+                format!("--redis-url={}", services.redis_url),
+                format!("--redis-prefix=bench{tag}:"),
+                format!("--cassandra-nodes={}", services.cassandra),
+                format!("--cassandra-keyspace=bench_{tag}"),
+            ]);
             let (child, base) = Self::spawn_process(cmd).await?;
             children.push(child);
             bases.push(base);
@@ -217,6 +205,18 @@ impl Target {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+}
+
+/// `switchboard serve` on a free port with the bench secret, quiet.
+fn serve(bin: &Path, data: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--listen=127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data)
+        .arg(format!("--jwt-secret={SECRET}"))
+        .env("RUST_LOG", "error");
+    cmd
 }
 
 /// Sends one chat message whose content is its send time (µs since the Unix epoch).
