@@ -32,15 +32,6 @@ secret() {
   cat "$state/jwt-secret"
 }
 
-ensure_haproxy() {
-  if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
-    echo "cluster: installing haproxy"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-  fi
-  # Debian starts a system-wide HAProxy on install; ours is separate.
-  command -v haproxy || echo /usr/sbin/haproxy
-}
-
 up() {
   mkdir -p "$state"
   # Remember which services this script started: `down` stops only those.
@@ -49,7 +40,7 @@ up() {
   "$infra/redis.sh" start
   "$infra/cassandra/cassandra.sh" start
   local haproxy
-  haproxy="$(ensure_haproxy)"
+  haproxy="$("$infra/haproxy/install.sh")"
   if [[ -z "${SWITCHBOARD_BIN:-}" ]]; then
     rustup target add wasm32-wasip2 >/dev/null
     (cd "$root" && cargo build --release --locked -p host-gateway --bin switchboard)

@@ -38,9 +38,7 @@ log "services"
 # for the load-balancer tests (they start their own from the same template).
 infra/redis.sh start
 infra/cassandra/cassandra.sh start
-if ! command -v haproxy >/dev/null && [[ ! -x /usr/sbin/haproxy ]]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
-fi
+infra/haproxy/install.sh >/dev/null
 export SWITCHBOARD_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export SWITCHBOARD_TEST_CASSANDRA="127.0.0.1:9042"
 

@@ -428,11 +428,6 @@ impl Server {
             .expect("the gateway is running")
     }
 
-    /// Whether this server runs on the cluster backend.
-    pub fn is_cluster(&self) -> bool {
-        self.cluster.is_some()
-    }
-
     /// The base URLs of the gateways, in order.
     pub fn gateway_bases(&self) -> Vec<String> {
         self.gateways.iter().map(|g| g.base.clone()).collect()
@@ -998,7 +993,8 @@ impl Client {
 pub struct LoadBalancer {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    child: Child,
+    /// Held for `kill_on_drop`: HAProxy ends with this value.
+    _child: Child,
     _dir: tempfile::TempDir,
 }
 
@@ -1050,7 +1046,7 @@ impl LoadBalancer {
             .unwrap_or_else(|e| panic!("starting {binary} (infra/test.sh installs it): {e}"));
         let lb = LoadBalancer {
             base: format!("http://127.0.0.1:{port}"),
-            child,
+            _child: child,
             _dir: dir,
         };
         // Ready when the health checks have found every gateway up: then
@@ -1075,11 +1071,6 @@ impl LoadBalancer {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    /// Whether HAProxy is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
