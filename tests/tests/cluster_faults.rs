@@ -302,7 +302,8 @@ async fn a_killed_gateway_loses_no_acked_message() {
         // that the killed gateway committed but never published (or whose
         // commit completed in Cassandra after the gateway died): the sender's
         // retry is a duplicate and is not pushed again, and nothing in today's
-        // protocol tells the receiver to page back. Seen in 3 of 8 runs here. The fix is gap detection: each push names the previous id of
+        // protocol tells the receiver to page back. Seen in 3 of 8 runs here.
+        // The fix is gap detection: each push names the previous id of
         // its chat (`prevMessageId`), so a client sees the hole and pages it;
         // then this becomes `assert_eq!(seen, expected)`.
         let missed = expected.difference(&seen).count();
