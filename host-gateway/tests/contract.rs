@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_gateway::backend::{
-    Chat, ChatDirectory, ChatKind, MessageStore, NewMessage, Outbox, PresenceStore, ReceiptKind,
-    Router,
+    Chat, ChatDirectory, ChatKind, Message, MessageStore, NewMessage, Outbox, PresenceStore,
+    ReceiptKind, Router,
 };
 
 fn new_message(chat: &str, sender: &str, client_id: &str) -> NewMessage {
@@ -24,7 +24,22 @@ fn new_message(chat: &str, sender: &str, client_id: &str) -> NewMessage {
     }
 }
 
-/// Appends get increasing ids within a chat, in input order.
+/// A chat's whole history, oldest first, links each message to the one
+/// before it: what receivers rely on to notice a message they missed.
+fn assert_chained(history: &[Message]) {
+    let mut prev = 0;
+    for m in history {
+        assert_eq!(
+            m.prev_id, prev,
+            "message {} must name {prev} as its predecessor",
+            m.id
+        );
+        prev = m.id;
+    }
+}
+
+/// Appends get increasing ids within a chat, in input order, each linked
+/// to the message before it.
 async fn append_assigns_increasing_ids(store: &dyn MessageStore) {
     let batch = (0..50)
         .map(|i| new_message("c1", "alice", &format!("m{i}")))
@@ -40,7 +55,15 @@ async fn append_assigns_increasing_ids(store: &dyn MessageStore) {
         .append(vec![new_message("c1", "bob", "b1")])
         .await
         .unwrap();
-    assert!(more[0].as_ref().unwrap().message.id > ids[49]);
+    let more = &more[0].as_ref().unwrap().message;
+    assert!(more.id > ids[49]);
+    assert_eq!(
+        more.prev_id, ids[49],
+        "the ack's message names its predecessor"
+    );
+    let history = store.page_after("c1", 0, 100).await.unwrap();
+    assert_eq!(history.len(), 51);
+    assert_chained(&history);
 }
 
 /// A repeated (chat, sender, clientMsgId) returns the first message and stores nothing new.
@@ -597,6 +620,9 @@ mod cassandra_backend {
             .map(|m| m.id)
             .collect();
         assert_eq!(forward, ids[3..].to_vec());
+        // The chain runs across buckets: a bucket's first message names the
+        // last one of the bucket before.
+        assert_chained(&s.page_after("b", 0, 100).await.unwrap());
         // The first message's bucket is long sealed; a retry of the last one
         // from the previous bucket is found there.
         let retry = s
@@ -656,6 +682,7 @@ mod cassandra_backend {
         let all = reader.page_after("shared", 0, 10_000).await.unwrap();
         assert_eq!(all.len(), 2 * (20 * (1 + 2 + 3)));
         assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+        assert_chained(&all);
         let stored: Vec<String> = all.into_iter().map(|m| m.client_msg_id).collect();
         assert_eq!(
             seen, stored,

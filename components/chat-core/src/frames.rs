@@ -20,6 +20,8 @@ pub struct MessageView<'a> {
     pub sender_id: &'a str,
     pub content: &'a str,
     pub timestamp: i64,
+    /// The message before this one in the chat (0: none): receivers detect gaps with it.
+    pub prev_id: u64,
 }
 
 /// `{"type":"receiveMessage",...}`.
@@ -31,6 +33,7 @@ pub fn receive_message(m: &MessageView<'_>) -> String {
         "senderId": m.sender_id,
         "content": m.content,
         "timestamp": m.timestamp,
+        "prevMessageId": m.prev_id.to_string(),
     })
     .to_string()
 }
@@ -95,10 +98,12 @@ mod tests {
             sender_id: "a",
             content: "hi",
             timestamp: 5,
+            prev_id: 3,
         };
         let frame = parse(&receive_message(&m));
         assert_eq!(frame["messageId"], "18446744073709551615");
         assert_eq!(frame["timestamp"], 5);
+        assert_eq!(frame["prevMessageId"], "3");
         assert_eq!(parse(&sent_ack(7, "c", "x"))["messageId"], "7");
         assert_eq!(
             parse(&receipt_ack(7, "c", "read", Some("bob")))["userId"],

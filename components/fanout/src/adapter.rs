@@ -31,6 +31,7 @@ impl Guest for Component {
                 sender_id: s.message.sender_id,
                 content: s.message.content,
                 timestamp: s.message.timestamp,
+                prev_id: s.message.prev_id,
                 origin: s.origin,
             })
             .collect();

@@ -15,6 +15,7 @@ pub struct Stored {
     pub sender_id: String,
     pub content: String,
     pub timestamp: i64,
+    pub prev_id: u64,
     pub origin: Option<u64>,
 }
 
@@ -42,6 +43,7 @@ pub fn fanout(platform: &impl Platform, messages: Vec<Stored>) {
             sender_id: &m.sender_id,
             content: &m.content,
             timestamp: m.timestamp,
+            prev_id: m.prev_id,
         };
         platform.send_to_users(recipients, &frames::receive_message(&view), m.origin);
     }
@@ -85,6 +87,7 @@ mod tests {
             sender_id: "alice".into(),
             content: "hi".into(),
             timestamp: 7,
+            prev_id: id - 1,
             origin: Some(3),
         }
     }
@@ -104,7 +107,7 @@ mod tests {
         assert_eq!(sent[0].2, Some(3));
         assert_eq!(
             sent[0].1,
-            serde_json::json!({"type":"receiveMessage","messageId":"10","chatId":"g:1","senderId":"alice","content":"hi","timestamp":7})
+            serde_json::json!({"type":"receiveMessage","messageId":"10","chatId":"g:1","senderId":"alice","content":"hi","timestamp":7,"prevMessageId":"9"})
         );
         assert_eq!(
             *p.lookups.borrow(),

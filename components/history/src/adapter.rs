@@ -29,6 +29,7 @@ fn message(m: types::Message) -> Message {
         sender_id: m.sender_id,
         content: m.content,
         timestamp: m.timestamp,
+        prev_id: m.prev_id,
     }
 }
 

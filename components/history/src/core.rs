@@ -20,6 +20,8 @@ pub struct Message {
     pub sender_id: String,
     pub content: String,
     pub timestamp: i64,
+    /// The message before this one in the chat (0: none).
+    pub prev_id: u64,
 }
 
 /// What history needs from the host.
@@ -205,6 +207,7 @@ fn messages_page(
                 "senderId": m.sender_id,
                 "content": m.content,
                 "timestamp": m.timestamp,
+                "prevMessageId": m.prev_id.to_string(),
                 "status": status.as_str(),
             })
         })
@@ -241,6 +244,7 @@ mod tests {
                     },
                     content: format!("m{id}"),
                     timestamp: id as i64,
+                    prev_id: id - 1,
                 })
                 .collect();
             Self {

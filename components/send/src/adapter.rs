@@ -30,6 +30,7 @@ fn message(m: types::Message) -> Message {
         client_msg_id: m.client_msg_id,
         content: m.content,
         timestamp: m.timestamp,
+        prev_id: m.prev_id,
     }
 }
 
@@ -141,6 +142,7 @@ impl Guest for Component {
                 client_msg_id: m.client_msg_id,
                 content: m.content,
                 timestamp: m.timestamp,
+                prev_id: m.prev_id,
             })
             .collect()
     }

@@ -32,6 +32,7 @@ pub struct Message {
     pub client_msg_id: String,
     pub content: String,
     pub timestamp: i64,
+    pub prev_id: u64,
 }
 
 /// A message to store.
@@ -535,8 +536,14 @@ mod tests {
                             duplicate: true,
                         });
                     }
+                    let prev_id = messages
+                        .iter()
+                        .rev()
+                        .find(|s| s.chat_id == m.chat_id)
+                        .map_or(0, |s| s.id);
                     let message = Message {
                         id: messages.len() as u64 + 100,
+                        prev_id,
                         chat_id: m.chat_id,
                         sender_id: m.sender_id,
                         client_msg_id: m.client_msg_id,

@@ -29,6 +29,10 @@ pub struct Message {
     pub client_msg_id: String,
     pub content: String,
     pub timestamp: i64,
+    /// The message committed just before this one in the chat (0: none), so
+    /// a receiver can tell that it missed some.
+    #[serde(default)]
+    pub prev_id: u64,
 }
 
 /// A message to append; the store assigns the id.

@@ -46,6 +46,7 @@ impl From<backend::Message> for types::Message {
             client_msg_id: m.client_msg_id,
             content: m.content,
             timestamp: m.timestamp,
+            prev_id: m.prev_id,
         }
     }
 }
@@ -59,6 +60,7 @@ impl From<types::Message> for backend::Message {
             client_msg_id: m.client_msg_id,
             content: m.content,
             timestamp: m.timestamp,
+            prev_id: m.prev_id,
         }
     }
 }

@@ -79,9 +79,12 @@ fn client_key(message: &NewMessage) -> String {
     format!("{}\n{}", message.sender_id, message.client_msg_id)
 }
 
-type MessageRow = (i64, String, String, String, i64);
+type MessageRow = (i64, String, String, String, i64, Option<i64>);
 
-fn message_of(chat: &str, (id, sender_id, client_msg_id, content, sent_at): MessageRow) -> Message {
+fn message_of(
+    chat: &str,
+    (id, sender_id, client_msg_id, content, sent_at, prev_id): MessageRow,
+) -> Message {
     Message {
         id: id as u64,
         chat_id: chat.to_owned(),
@@ -89,6 +92,7 @@ fn message_of(chat: &str, (id, sender_id, client_msg_id, content, sent_at): Mess
         client_msg_id,
         content,
         timestamp: sent_at,
+        prev_id: prev_id.unwrap_or(0) as u64,
     }
 }
 
@@ -320,6 +324,17 @@ impl CassandraStore {
                 }
             }
 
+            // The message these follow: the bucket's last, or for a bucket's
+            // first commit the newest of the (sealed, so settled) buckets before.
+            let chain_start = match head.last {
+                Some(last) => last,
+                None => self
+                    .page(chat, self.bucket_floor(head.bucket), 1, true)
+                    .await?
+                    .first()
+                    .map_or(0, |m| m.id as i64),
+            };
+
             // Ids for as many pending messages as fit one commit in this bucket.
             let mut ids = Vec::new();
             let mut bytes = 0;
@@ -338,7 +353,15 @@ impl CassandraStore {
                 {
                     break;
                 }
-                ids.push((i, id));
+                ids.push((
+                    i,
+                    id,
+                    if ids.is_empty() {
+                        chain_start
+                    } else {
+                        previous_id
+                    },
+                ));
                 previous_id = id;
             }
 
@@ -354,7 +377,7 @@ impl CassandraStore {
                 bucket_value.clone(),
                 head.last.map(CqlValue::BigInt),
             ]);
-            for &(i, id) in &ids {
+            for &(i, id, prev_id) in &ids {
                 let m = &messages[i];
                 batch.append_statement(self.statements.insert_message.clone());
                 values.push(vec![
@@ -365,6 +388,7 @@ impl CassandraStore {
                     text(&m.client_msg_id),
                     text(&m.content),
                     Some(CqlValue::BigInt(m.timestamp)),
+                    Some(CqlValue::BigInt(prev_id)),
                 ]);
                 batch.append_statement(self.statements.insert_claim.clone());
                 values.push(vec![
@@ -382,7 +406,7 @@ impl CassandraStore {
                 Ok(true) => {
                     head.last = Some(previous_id);
                     self.heads.put(chat, head);
-                    for (i, id) in ids {
+                    for (i, id, prev_id) in ids {
                         let m = &messages[i];
                         results[i] = Some(Appended {
                             message: Message {
@@ -392,6 +416,7 @@ impl CassandraStore {
                                 client_msg_id: m.client_msg_id.clone(),
                                 content: m.content.clone(),
                                 timestamp: m.timestamp,
+                                prev_id: prev_id as u64,
                             },
                             duplicate: false,
                         });
@@ -400,9 +425,12 @@ impl CassandraStore {
                 Ok(false) => {
                     // Another commit won the race, or some of these are
                     // retries of committed messages: learn which, then retry.
-                    let keys = ids.iter().map(|&(i, _)| client_key(&messages[i])).collect();
+                    let keys = ids
+                        .iter()
+                        .map(|&(i, _, _)| client_key(&messages[i]))
+                        .collect();
                     let claimed = self.claimed(chat, head.bucket, keys).await?;
-                    for &(i, _) in &ids {
+                    for &(i, _, _) in &ids {
                         if let Some(&id) = claimed.get(&client_key(&messages[i])) {
                             results[i] = Some(self.duplicate_of(chat, id).await?);
                         }

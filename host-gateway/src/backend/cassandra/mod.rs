@@ -133,7 +133,7 @@ fn schema(keyspace: &str, replication_factor: u32) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {keyspace}.chat_log (\
                chat_id text, bucket int, entry tinyint, message_id bigint, client_key text, \
                sender_id text, client_msg_id text, content text, sent_at bigint, \
-               claimed_id bigint, head bigint static, \
+               prev_id bigint, claimed_id bigint, head bigint static, \
                PRIMARY KEY ((chat_id, bucket), entry, message_id, client_key)) \
              WITH CLUSTERING ORDER BY (entry ASC, message_id DESC, client_key ASC)"
         ),
@@ -215,7 +215,8 @@ struct Statements {
 impl Statements {
     async fn prepare(session: &Session, ks: &str) -> Result<Self, scylla::errors::PrepareError> {
         let p = |cql: String| async move { session.prepare(cql).await };
-        const MESSAGE_COLUMNS: &str = "message_id, sender_id, client_msg_id, content, sent_at";
+        const MESSAGE_COLUMNS: &str =
+            "message_id, sender_id, client_msg_id, content, sent_at, prev_id";
         Ok(Self {
             ping: p("SELECT release_version FROM system.local".into()).await?,
             head: p(format!(
@@ -249,7 +250,8 @@ impl Statements {
             .await?,
             insert_message: p(format!(
                 "INSERT INTO {ks}.chat_log (chat_id, bucket, entry, message_id, client_key, \
-                 sender_id, client_msg_id, content, sent_at) VALUES (?, ?, 0, ?, '', ?, ?, ?, ?)"
+                 sender_id, client_msg_id, content, sent_at, prev_id) \
+                 VALUES (?, ?, 0, ?, '', ?, ?, ?, ?, ?)"
             ))
             .await?,
             insert_claim: p(format!(

@@ -211,6 +211,7 @@ fn append_batch(
                 client_msg_id: new.client_msg_id,
                 content: new.content,
                 timestamp: new.timestamp,
+                prev_id: head,
             };
             let bytes = encode(&message)?;
             messages
