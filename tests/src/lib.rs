@@ -40,6 +40,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tokio_tungstenite::tungstenite;
 
+/// The checkout these tests run from. Read at run time first: cargo sets
+/// `CARGO_MANIFEST_DIR` for test binaries, and a build cached from another
+/// checkout of the same tree would otherwise point there.
+pub fn workspace_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
+}
+
 /// How long a test waits for a frame, a close or an HTTP answer before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -73,10 +82,7 @@ fn build_binary() -> anyhow::Result<PathBuf> {
         }
         return Ok(bin);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("the e2e crate lives inside the workspace")?
-        .to_path_buf();
+    let root = workspace_root();
     let mut cargo = std::process::Command::new(env!("CARGO"));
     cargo
         .current_dir(&root)
@@ -1003,8 +1009,7 @@ impl LoadBalancer {
     /// PATH or in /usr/sbin) on a free port in front of `gateways`, and waits
     /// until it routes to all of them.
     pub async fn start(gateways: &[String]) -> Self {
-        let template =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/haproxy/haproxy.cfg.template");
+        let template = workspace_root().join("infra/haproxy/haproxy.cfg.template");
         let template = std::fs::read_to_string(&template)
             .unwrap_or_else(|e| panic!("reading {}: {e}", template.display()));
         let port = free_port();

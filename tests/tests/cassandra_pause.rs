@@ -14,8 +14,7 @@ fn cassandra_pid() -> String {
     if let Ok(pid) = std::env::var("SWITCHBOARD_TEST_CASSANDRA_PID") {
         return pid;
     }
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../infra/.state/cassandra/cassandra.pid");
+    let file = switchboard_e2e::workspace_root().join("infra/.state/cassandra/cassandra.pid");
     if let Ok(pid) = std::fs::read_to_string(&file) {
         return pid.trim().to_owned();
     }

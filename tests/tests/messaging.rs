@@ -21,7 +21,7 @@ async fn live_delivery_with_sent_ack() {
     assert_eq!(
         bob.recv_json().await,
         json!({"type":"receiveMessage","messageId":id,"chatId":chat,"senderId":"alice",
-               "content":"hello bob","timestamp":TIMESTAMP})
+               "content":"hello bob","timestamp":TIMESTAMP,"prevMessageId":"0"})
     );
     // The sending device gets the ack only, never its own message back.
     alice.expect_silence(Duration::from_millis(300)).await;
@@ -37,7 +37,7 @@ async fn every_device_receives() {
     let mut alice_laptop = server.connect("alice").await;
     let id = alice.send_id(&chat, "to all", "c1").await;
     let expected = json!({"type":"receiveMessage","messageId":id,"chatId":chat,"senderId":"alice",
-                          "content":"to all","timestamp":TIMESTAMP});
+                          "content":"to all","timestamp":TIMESTAMP,"prevMessageId":"0"});
     for device in [&mut bob, &mut bob_tablet, &mut alice_laptop] {
         assert_eq!(device.recv_json().await, expected, "{}", device.user);
     }
@@ -179,7 +179,7 @@ async fn typing_is_relayed_and_throttled() {
     assert!(server.all_messages(&chat, "bob").await.is_empty());
 }
 
-/// Resending the same clientMsgId (on the same or a new connection) returns the same id; the message is stored and delivered once; clientMsgIds are per sender.
+/// Resending the same clientMsgId (on the same or a new connection) returns the same id and stores nothing new; the retry is pushed again under the same id (its first push may have died with a gateway), so a client deduping by id shows it once; clientMsgIds are per sender.
 #[tokio::test]
 async fn resend_is_idempotent() {
     let server = Server::start().await;
@@ -187,7 +187,13 @@ async fn resend_is_idempotent() {
     let first = alice.send_message(&chat, "once", "same").await;
     let again = alice.send_message(&chat, "once", "same").await;
     assert_eq!(again, first, "the same ack, same messageId");
-    assert_eq!(message_id(&bob.recv_json().await), message_id(&first));
+    let pushed = bob.recv_json().await;
+    assert_eq!(message_id(&pushed), message_id(&first));
+    assert_eq!(
+        bob.recv_json().await,
+        pushed,
+        "the retry is pushed again, identical"
+    );
     bob.expect_silence(Duration::from_millis(500)).await;
 
     // A retry after a lost connection is the same message too.
@@ -195,6 +201,7 @@ async fn resend_is_idempotent() {
     let mut alice = server.connect("alice").await;
     let retried = alice.send_message(&chat, "once", "same").await;
     assert_eq!(message_id(&retried), message_id(&first));
+    assert_eq!(bob.recv_json().await, pushed);
     bob.expect_silence(Duration::from_millis(300)).await;
 
     // Bob's "same" is his own message.
@@ -243,11 +250,15 @@ async fn ids_increase_in_send_order() {
         .map(|i| by_client_id[&format!("c{i}")].clone())
         .collect();
     let mut received = Vec::new();
+    let mut previous = "0".to_string();
     for i in 0..20i64 {
         let got = bob.recv_json().await;
         assert_eq!(got["content"], format!("m{i}"), "delivered in order");
         assert_eq!(got["timestamp"], 1_000_000 - i);
-        received.push(message_id(&got));
+        // Each push names the message before it, so a gap would show.
+        assert_eq!(got["prevMessageId"], previous.as_str(), "{got}");
+        previous = message_id(&got);
+        received.push(previous.clone());
     }
     assert_eq!(received, acked);
     let nums: Vec<u64> = acked.iter().map(|id| id_num(id)).collect();
@@ -257,7 +268,24 @@ async fn ids_increase_in_send_order() {
         .all_messages(&chat, "alice")
         .await
         .iter()
-        .map(message_id)
+        .map(|m| {
+            assert_eq!(
+                m["prevMessageId"],
+                previous_of(&acked, &message_id(m)),
+                "{m}"
+            );
+            message_id(m)
+        })
         .collect();
     assert_eq!(stored, acked);
+}
+
+/// The id before `id` in `ids`, or "0" for the first.
+fn previous_of(ids: &[String], id: &str) -> String {
+    let at = ids.iter().position(|i| i == id).expect("a known id");
+    if at == 0 {
+        "0".into()
+    } else {
+        ids[at - 1].clone()
+    }
 }

@@ -152,7 +152,8 @@ enum PendingSend {
     },
 }
 
-/// Handles a batch of frames; returns the messages it newly stored, for fan-out.
+/// Handles a batch of frames; returns the messages to fan out: those it
+/// stored, and stored ones that a sender retried (see `flush`).
 pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Message> {
     let mut batch = Batch {
         platform,
@@ -328,8 +329,10 @@ impl<P: Platform> Batch<'_, P> {
                         connection,
                         &frames::sent_ack(m.id, &m.chat_id, &client_msg_id),
                     );
-                    // A repeat was delivered when it was first stored.
-                    if !appended.duplicate {
+                    // A retry is delivered again: the gateway that stored the
+                    // original may have died before delivering it, and
+                    // receivers dedupe by id. Once per batch, though.
+                    if !appended.duplicate || !self.stored.iter().any(|s| s.id == m.id) {
                         self.stored.push(appended.message);
                     }
                 }
@@ -662,13 +665,21 @@ mod tests {
         assert_eq!(replies[1].1["messageId"], "101");
     }
 
-    /// A resend with the same clientMsgId is acked with the same id and not fanned out again.
+    /// A resend with the same clientMsgId is acked with the same id, stored
+    /// once, and delivered again (the first delivery may have been lost with
+    /// a crashed gateway), but only once per batch.
     #[test]
-    fn resend_is_acked_with_same_id_and_not_returned() {
+    fn resend_is_acked_with_same_id_and_delivered_again() {
         let p = direct();
-        handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
-        let again = handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
-        assert!(again.is_empty());
+        let first = handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+        let again = handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                send("alice", "dm:alice:bob", "a", "hi"),
+            ],
+        );
+        assert_eq!(again, first);
         let replies = p.replies();
         assert_eq!(replies[0].1["messageId"], replies[1].1["messageId"]);
         assert_eq!(p.messages.borrow().len(), 1);
