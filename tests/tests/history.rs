@@ -69,7 +69,7 @@ async fn paging_both_ways() {
     assert_eq!(
         default["messages"][0],
         json!({"id":newest[0],"chatId":chat,"senderId":"alice","content":"m44",
-               "timestamp":TIMESTAMP,"status":"sent"})
+               "timestamp":TIMESTAMP,"prevMessageId":newest[1],"status":"sent"})
     );
 }
 

@@ -57,8 +57,13 @@ async fn no_acked_message_is_lost_across_a_kill() {
     assert_eq!(message_id(&resent), acked[0], "a resend keeps its old id");
     let fresh = alice.send_id(&chat, "after restart", "c-new").await;
     assert!(id_num(&fresh) > id_num(acked.last().unwrap()));
-    // Only the new message is delivered live.
-    assert_eq!(message_id(&bob.recv_type("receiveMessage").await), fresh);
+    // The resend is pushed again under its old id (the first push may have
+    // died with the old process), then the new message, which names the
+    // last message stored before the kill as its predecessor.
+    assert_eq!(message_id(&bob.recv_type("receiveMessage").await), acked[0]);
+    let pushed = bob.recv_type("receiveMessage").await;
+    assert_eq!(message_id(&pushed), fresh);
+    assert_eq!(pushed["prevMessageId"], acked[29].as_str());
     bob.expect_silence(Duration::from_millis(300)).await;
     assert_eq!(server.all_messages(&chat, "bob").await.len(), 31);
 }
