@@ -36,8 +36,21 @@ cargo clippy --locked --target wasm32-wasip2 --target-dir "$CARGO_TARGET_DIR/com
 log "services"
 # Real Redis and Cassandra for the contract, cluster and fault tests; HAProxy
 # for the load-balancer tests (they start their own from the same template).
-infra/redis.sh start
-infra/cassandra/cassandra.sh start
+# Services this run starts are stopped when it ends, pass or fail, so no
+# node outlives the checkout whose directory holds its data.
+started=()
+stop_started() {
+  for service in "${started[@]}"; do "$service" stop || true; done
+}
+trap stop_started EXIT
+for service in infra/redis.sh infra/cassandra/cassandra.sh; do
+  if ! "$service" status >/dev/null 2>&1; then
+    "$service" start
+    started+=("$service")
+  else
+    echo "$service: already running; left running afterwards"
+  fi
+done
 infra/haproxy/install.sh >/dev/null
 export SWITCHBOARD_TEST_REDIS_URL="redis://127.0.0.1:6379"
 export SWITCHBOARD_TEST_CASSANDRA="127.0.0.1:9042"
