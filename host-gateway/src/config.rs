@@ -104,6 +104,12 @@ pub struct Config {
     /// Parallel dispatch lanes; frames of one chat always share a lane, which keeps them in order.
     #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES", default_value_t = 4)]
     pub dispatch_lanes: usize,
+
+    /// Serve the internal store API (`/internal/v1/`, for HTTP components
+    /// running on Spin) to callers with this bearer token, at least 32
+    /// bytes. Off when unset.
+    #[arg(long, env = "SWITCHBOARD_STORE_API_TOKEN", hide_env_values = true)]
+    pub store_api_token: Option<String>,
 }
 
 /// Which backends a gateway runs on.

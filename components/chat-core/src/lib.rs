@@ -7,6 +7,7 @@ pub mod frames;
 pub mod http;
 pub mod ids;
 pub mod receipts;
+pub mod store_api;
 
 /// User ids are 1-64 of `[A-Za-z0-9_.-]`: safe inside chat ids (`dm:a:b`) and paths.
 pub fn valid_user_id(id: &str) -> bool {

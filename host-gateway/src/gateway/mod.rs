@@ -4,10 +4,12 @@
 //! - `ws`: one task per WebSocket connection.
 //! - `dispatch`: batching frames into component invocations, in order per chat.
 //! - `rest`: HTTP API requests handed to the HTTP components.
+//! - `store_api`: the internal store API for components running on Spin (off by default).
 
 mod dispatch;
 mod envelope;
 mod rest;
+pub mod store_api;
 mod ws;
 
 use std::future::Future;
@@ -232,6 +234,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = build(&config).await?;
+    let mut routes = router(app.clone());
+    if let Some(token) = config.store_api_token.as_deref() {
+        routes = routes.merge(store_api::router(app.clone(), token)?);
+        tracing::info!("internal store API enabled under /internal/v1/");
+    }
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "switchboard ready");
     // The one line on stdout: scripts and tests read the bound port from it.
@@ -242,7 +249,7 @@ pub async fn run(
         tracing::info!("shutting down: closing connections");
         let _ = closer.shutdown_trigger.send(true);
     };
-    axum::serve(listener, router(app))
+    axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving")

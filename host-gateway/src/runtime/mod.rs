@@ -238,6 +238,11 @@ impl Runtime {
         })
     }
 
+    /// What the components run against (backends, ids, settings).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Loads components from `dir` when given, else the embedded ones.
     pub fn source(dir: Option<&Path>) -> ComponentSource {
         dir.map_or(ComponentSource::Embedded, |d| {
