@@ -34,7 +34,12 @@ use exports::chat::platform::{config, delivery, ids, membership, message_store, 
 struct SpinHttp;
 
 impl Transport for SpinHttp {
-    fn post(&self, url: &str, token: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), TransportFailure> {
+    fn post(
+        &self,
+        url: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), TransportFailure> {
         let request = Request::builder()
             .method(Method::Post)
             .uri(url)
@@ -125,9 +130,19 @@ impl message_store::Guest for Component {
             .collect()
     }
 
-    fn page_before(chat: String, before: Option<u64>, limit: u32) -> Result<Vec<Message>, StoreError> {
-        let page: Vec<wire::Message> =
-            call(Call::PageBefore, &wire::PageBefore { chat, before, limit })?;
+    fn page_before(
+        chat: String,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let page: Vec<wire::Message> = call(
+            Call::PageBefore,
+            &wire::PageBefore {
+                chat,
+                before,
+                limit,
+            },
+        )?;
         Ok(page.into_iter().map(message).collect())
     }
 
@@ -148,7 +163,9 @@ impl message_store::Guest for Component {
         _kind: ReceiptKind,
         _up_to: u64,
     ) -> Result<(Receipt, bool), StoreError> {
-        Err(to_wit_error(core::not_on_spin("message-store.advance-receipt")))
+        Err(to_wit_error(core::not_on_spin(
+            "message-store.advance-receipt",
+        )))
     }
 
     fn receipts(chat: String) -> Result<Vec<Receipt>, StoreError> {

@@ -18,7 +18,12 @@ pub struct TransportFailure(pub String);
 pub trait Transport {
     /// POSTs a JSON `body` to the absolute `url` with `token` as the bearer
     /// token; returns the answer's status and body.
-    fn post(&self, url: &str, token: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>), TransportFailure>;
+    fn post(
+        &self,
+        url: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>), TransportFailure>;
 }
 
 /// Where the store API is and how to authenticate to it.

@@ -187,7 +187,9 @@ async fn dispatch(app: &App, call: Call, body: &[u8]) -> Result<String, String> 
         Call::PageAfter => {
             let a: wire::PageAfter = args(body)?;
             let limit = page_limit(a.limit)?;
-            answer(messages(b.messages.page_after(&a.chat, a.after, limit).await))
+            answer(messages(
+                b.messages.page_after(&a.chat, a.after, limit).await,
+            ))
         }
         Call::GetMessage => {
             let a: wire::GetMessage = args(body)?;
@@ -290,7 +292,9 @@ mod tests {
     /// Backend detail stays in the log: callers see the bare variant.
     #[test]
     fn unavailable_hides_detail() {
-        let body = answer::<u64>(Err(StoreError::Unavailable("redis at 10.0.0.1 down".into())));
+        let body = answer::<u64>(Err(StoreError::Unavailable(
+            "redis at 10.0.0.1 down".into(),
+        )));
         assert_eq!(body, r#"{"err":{"kind":"unavailable"}}"#);
         let body = answer::<u64>(Err(StoreError::Conflict("members changed".into())));
         assert_eq!(

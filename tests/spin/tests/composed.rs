@@ -106,7 +106,9 @@ async fn send_plain(request: http::Request<WasiBody>) -> SendResult {
         .await
         .map_err(Error::Connect)?;
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(Error::Hyper)?;
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(Error::Hyper)?;
     tokio::spawn(connection);
     // Origin form on the wire: the authority travels in the Host header.
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -155,8 +157,14 @@ impl SpinHistory {
         variables::add_to_linker::<SpinLike, HasSelf<SpinLike>>(&mut linker, |s| s)?;
         let pre = ProxyPre::new(linker.instantiate_pre(&component)?)?;
         let variables = HashMap::from([
-            (spin_adapter::core::URL_VARIABLE.to_owned(), store_api_url.to_owned()),
-            (spin_adapter::core::TOKEN_VARIABLE.to_owned(), token.to_owned()),
+            (
+                spin_adapter::core::URL_VARIABLE.to_owned(),
+                store_api_url.to_owned(),
+            ),
+            (
+                spin_adapter::core::TOKEN_VARIABLE.to_owned(),
+                token.to_owned(),
+            ),
         ]);
         Ok(Self { pre, variables })
     }
@@ -231,8 +239,8 @@ async fn page_chain(
 /// history + spin-adapter, run in wasmtime against the gateway's store API, serves the same pages as the gateway's /api/v1/chats/{id}/messages.
 #[tokio::test]
 async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
-    let composed = tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history"))
-        .await??;
+    let composed =
+        tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history")).await??;
     let server = Server::start_with(
         Options::default()
             .embedded()
@@ -249,7 +257,11 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
     let mut bob = server.connect("bob").await;
     let mut ids = Vec::new();
     for i in 0..17 {
-        ids.push(alice.send_id(&chat, &format!("a{i}"), &format!("a{i}")).await);
+        ids.push(
+            alice
+                .send_id(&chat, &format!("a{i}"), &format!("a{i}"))
+                .await,
+        );
     }
     for i in 0..3 {
         bob.send_id(&chat, &format!("b{i}"), &format!("b{i}")).await;
@@ -281,13 +293,19 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
             )
             .await;
             assert_eq!(native.len(), 3, "20 messages in pages of 7: {native:?}");
-            assert!(native.iter().all(|(status, _)| *status == 200), "{native:?}");
+            assert!(
+                native.iter().all(|(status, _)| *status == 200),
+                "{native:?}"
+            );
             assert_eq!(on_spin, native, "{user} {first}");
         }
     }
     // Message info and refusals come out the same too.
     for (path, user) in [
-        (format!("/api/v1/chats/{chat}/messages/{}/receipts", ids[3]), "alice"),
+        (
+            format!("/api/v1/chats/{chat}/messages/{}/receipts", ids[3]),
+            "alice",
+        ),
         (format!("/api/v1/chats/{chat}/messages"), "mallory"),
         (format!("/api/v1/chats/{chat}/messages?limit=0"), "alice"),
         ("/api/v1/chats/g:nope/messages".to_owned(), "alice"),
@@ -301,8 +319,8 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
 /// Through the adapter, a wrong token is a 500 (the store API refuses it) and a gateway that is gone is a 503.
 #[tokio::test]
 async fn composed_history_fails_closed() -> anyhow::Result<()> {
-    let composed = tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history"))
-        .await??;
+    let composed =
+        tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history")).await??;
     let server = Server::start_with(
         Options::default()
             .embedded()
@@ -317,16 +335,24 @@ async fn composed_history_fails_closed() -> anyhow::Result<()> {
 
     let wrong = SpinHistory::new(&composed, &server.base, &STORE_TOKEN.replace('0', "1"))?;
     let (status, body) = wrong.get(&path, "alice").await?;
-    assert_eq!((status, body["code"].as_str()), (500, Some("internal")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (500, Some("internal")),
+        "{body}"
+    );
 
     let right = SpinHistory::new(&composed, &server.base, STORE_TOKEN)?;
     assert_eq!(right.get(&path, "alice").await?.0, 200);
 
     let port = switchboard_e2e::free_port();
     let gone = SpinHistory::new(&composed, &format!("http://127.0.0.1:{port}"), STORE_TOKEN)?;
-    let (status, body) = tokio::time::timeout(Duration::from_secs(30), gone.get(&path, "alice"))
-        .await??;
-    assert_eq!((status, body["code"].as_str()), (503, Some("unavailable")), "{body}");
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(30), gone.get(&path, "alice")).await??;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
     Ok(())
 }
 
@@ -336,7 +362,12 @@ async fn store_api_is_off_by_default_and_authenticated() -> anyhow::Result<()> {
     let path = chat_core::store_api::Call::Settings.path();
     let plain = Server::start_with(Options::default().embedded()).await;
     let (status, _) = plain
-        .request_with_auth(reqwest::Method::POST, &path, Some(&format!("Bearer {STORE_TOKEN}")), Some(json!({})))
+        .request_with_auth(
+            reqwest::Method::POST,
+            &path,
+            Some(&format!("Bearer {STORE_TOKEN}")),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 404, "no store API unless configured");
 
@@ -347,20 +378,39 @@ async fn store_api_is_off_by_default_and_authenticated() -> anyhow::Result<()> {
             .arg(STORE_TOKEN),
     )
     .await;
-    for auth in [None, Some("Bearer not-the-token".to_owned()), Some(STORE_TOKEN.to_owned())] {
+    for auth in [
+        None,
+        Some("Bearer not-the-token".to_owned()),
+        Some(STORE_TOKEN.to_owned()),
+    ] {
         let (status, _) = server
-            .request_with_auth(reqwest::Method::POST, &path, auth.as_deref(), Some(json!({})))
+            .request_with_auth(
+                reqwest::Method::POST,
+                &path,
+                auth.as_deref(),
+                Some(json!({})),
+            )
             .await;
         assert_eq!(status, 401, "{auth:?}");
     }
     // A client's JWT is not a store API token either.
     let user_token = format!("Bearer {}", server.token("alice"));
     let (status, _) = server
-        .request_with_auth(reqwest::Method::POST, &path, Some(&user_token), Some(json!({})))
+        .request_with_auth(
+            reqwest::Method::POST,
+            &path,
+            Some(&user_token),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 401);
     let (status, settings) = server
-        .request_with_auth(reqwest::Method::POST, &path, Some(&format!("Bearer {STORE_TOKEN}")), Some(json!({})))
+        .request_with_auth(
+            reqwest::Method::POST,
+            &path,
+            Some(&format!("Bearer {STORE_TOKEN}")),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(settings["ok"]["maxContentBytes"], 4096, "{settings}");

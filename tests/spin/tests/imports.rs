@@ -13,9 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, bail};
 use semver::Version;
-use switchboard_spin_tests::{
-    SPIN_VERSION, built_manifest, component_bytes, compose, data_dir,
-};
+use switchboard_spin_tests::{SPIN_VERSION, built_manifest, component_bytes, compose, data_dir};
 use wit_parser::decoding::{DecodedWasm, decode};
 use wit_parser::{Resolve, WorldId, WorldItem, WorldKey};
 
@@ -167,7 +165,9 @@ fn imports_are_served_by_spin_or_a_dependency() -> anyhow::Result<()> {
     let manifest = built_manifest();
     let platform = spin_platform()?;
     assert!(
-        platform.iter().any(|i| i.name == "wasi:http/outgoing-handler"),
+        platform
+            .iter()
+            .any(|i| i.name == "wasi:http/outgoing-handler"),
         "the vendored Spin platform world looks wrong"
     );
     let mut problems = Vec::new();
@@ -178,14 +178,18 @@ fn imports_are_served_by_spin_or_a_dependency() -> anyhow::Result<()> {
         for (name, dependency) in &component.dependencies {
             let dep_shape = shape_of_component(&component_bytes(&dependency.component)?)?;
             for missing in unserved(&dep_shape, &platform) {
-                problems.push(format!("{id}: its dependency {name} imports {missing}, which Spin does not serve"));
+                problems.push(format!(
+                    "{id}: its dependency {name} imports {missing}, which Spin does not serve"
+                ));
             }
             // Spin gives a dependency no permissions unless it inherits them.
             let needs_permissions = dep_shape.imports.iter().any(|i| {
                 i.name == "wasi:http/outgoing-handler" || i.name == "fermyon:spin/variables"
             });
             if needs_permissions && !component.dependencies_inherit_configuration {
-                problems.push(format!("{id}: {name} calls out but inherits no configuration"));
+                problems.push(format!(
+                    "{id}: {name} calls out but inherits no configuration"
+                ));
             }
             dependencies.insert(name.as_str(), dep_shape);
         }
@@ -205,7 +209,9 @@ fn imports_are_served_by_spin_or_a_dependency() -> anyhow::Result<()> {
         }
         for name in dependencies.keys() {
             if !shape.imports.iter().any(|i| dependency_matches(name, i)) {
-                problems.push(format!("{id}: dependency {name} matches no import (Spin refuses that)"));
+                problems.push(format!(
+                    "{id}: dependency {name} matches no import (Spin refuses that)"
+                ));
             }
         }
     }
@@ -220,7 +226,9 @@ fn the_check_can_fail() -> anyhow::Result<()> {
     let history = shape_of_component(&component_bytes("history")?)?;
     let missing = unserved(&history, &platform);
     assert!(
-        missing.iter().any(|m| m.starts_with("chat:platform/message-store@")),
+        missing
+            .iter()
+            .any(|m| m.starts_with("chat:platform/message-store@")),
         "{missing:?}"
     );
     let mut renamed = platform
@@ -267,7 +275,10 @@ fn composed_components_need_only_spin() -> anyhow::Result<()> {
     for id in manifest.routed_components() {
         let composed = shape_of_component(&compose(id)?)?;
         let missing = unserved(&composed, &platform);
-        assert!(missing.is_empty(), "{id} composed still imports {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{id} composed still imports {missing:?}"
+        );
         assert!(
             composed.exports.iter().any(|e| satisfies(e, &handler)),
             "{id} composed lost its handler export"

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 use serde_json::Value;
-use switchboard_spin_tests::{Manifest, built_manifest, data_dir, manifest, manifest_text, parse_manifest};
+use switchboard_spin_tests::{
+    Manifest, built_manifest, data_dir, manifest, manifest_text, parse_manifest,
+};
 
 fn schema_validator() -> anyhow::Result<jsonschema::Validator> {
     let path = data_dir().join("spin-manifest-v2.schema.json");
@@ -54,9 +56,16 @@ fn strictness_catches_mistakes() -> anyhow::Result<()> {
     assert!(parse_manifest(&misspelt).is_err());
     assert!(!schema_errors(&misspelt)?.is_empty());
 
-    let unused = with_line_after(&text, "[component.history]", "key_value_stores = [\"default\"]");
+    let unused = with_line_after(
+        &text,
+        "[component.history]",
+        "key_value_stores = [\"default\"]",
+    );
     assert!(schema_errors(&unused)?.is_empty(), "Spin accepts it");
-    assert!(parse_manifest(&unused).is_err(), "but our manifest does not use it");
+    assert!(
+        parse_manifest(&unused).is_err(),
+        "but our manifest does not use it"
+    );
 
     let sourceless = text.replacen(
         "source = \"target/spin/wasm32-wasip2/release/history.wasm\"",
@@ -98,7 +107,10 @@ fn component_for<'m>(manifest: &'m Manifest, path: &str) -> Option<&'m str> {
         .filter(|t| route_matches(&t.route, path))
         .map(|t| t.component.as_str())
         .collect();
-    assert!(matching.len() <= 1, "{path} matches several routes: {matching:?}");
+    assert!(
+        matching.len() <= 1,
+        "{path} matches several routes: {matching:?}"
+    );
     matching.first().copied()
 }
 
@@ -157,7 +169,10 @@ fn permissions_are_narrow() -> anyhow::Result<()> {
             .chain(&component.allowed_outbound_hosts)
         {
             for name in references(text) {
-                assert!(manifest.variables.contains_key(&name), "{id}: undeclared {name}");
+                assert!(
+                    manifest.variables.contains_key(&name),
+                    "{id}: undeclared {name}"
+                );
             }
         }
         if component.dependencies.is_empty() {
@@ -167,11 +182,18 @@ fn permissions_are_narrow() -> anyhow::Result<()> {
             assert!(!manifest.routed_components().contains(&id.as_str()), "{id}");
             continue;
         }
-        assert_eq!(component.allowed_outbound_hosts, ["{{ store_api_origin }}"], "{id}");
+        assert_eq!(
+            component.allowed_outbound_hosts,
+            ["{{ store_api_origin }}"],
+            "{id}"
+        );
         assert!(component.dependencies_inherit_configuration, "{id}");
         let names: BTreeSet<&str> = component.variables.keys().map(String::as_str).collect();
         assert_eq!(names, adapter_variables, "{id}");
-        assert_eq!(component.variables[spin_adapter::core::URL_VARIABLE], "{{ store_api_origin }}");
+        assert_eq!(
+            component.variables[spin_adapter::core::URL_VARIABLE],
+            "{{ store_api_origin }}"
+        );
         for (name, dependency) in &component.dependencies {
             assert_eq!(name, "chat:platform@0.1.0", "{id}");
             assert_eq!(dependency.component, "spin-adapter", "{id}");
