@@ -9,7 +9,7 @@
 mod dispatch;
 mod envelope;
 mod rest;
-pub mod store_api;
+mod store_api;
 mod ws;
 
 use std::future::Future;
