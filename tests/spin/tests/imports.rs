@@ -56,7 +56,7 @@ fn interfaces<'a>(
             }
             WorldItem::Function(f) => bail!("a bare function import or export: {}", f.name),
             // Types used at the world's top level carry no behaviour to link.
-            WorldItem::Type(_) => {}
+            WorldItem::Type { .. } => {}
         }
     }
     Ok(out)
