@@ -85,6 +85,8 @@ pub struct Message {
     pub client_msg_id: String,
     pub content: String,
     pub timestamp: i64,
+    /// The chat's message stored just before this one (0: none).
+    pub prev_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,6 +87,7 @@ fn message(m: wire::Message) -> Message {
         client_msg_id: m.client_msg_id,
         content: m.content,
         timestamp: m.timestamp,
+        prev_id: m.prev_id,
     }
 }
 

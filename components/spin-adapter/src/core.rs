@@ -178,7 +178,7 @@ mod tests {
     fn decodes_answers() {
         let ok = Canned::new(Ok((
             200,
-            r#"{"ok":[{"id":5,"chatId":"g:1","senderId":"bob","clientMsgId":"c","content":"hi","timestamp":1}]}"#,
+            r#"{"ok":[{"id":5,"chatId":"g:1","senderId":"bob","clientMsgId":"c","content":"hi","timestamp":1,"prevId":4}]}"#,
         )));
         assert_eq!(page(&ok).unwrap()[0].id, 5);
         let conflict = Canned::new(Ok((

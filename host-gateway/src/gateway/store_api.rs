@@ -138,6 +138,7 @@ fn message(m: backend::Message) -> wire::Message {
         client_msg_id: m.client_msg_id,
         content: m.content,
         timestamp: m.timestamp,
+        prev_id: m.prev_id,
     }
 }
 
