@@ -235,10 +235,18 @@ pub fn compose(id: &str) -> anyhow::Result<Vec<u8>> {
     // an empty one, so only the declared dependencies take part.
     let scratch = std::env::temp_dir().join(format!("switchboard-spin-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
+    // wasm-compose names a definition after its file, and component names
+    // must be kebab-case: copy each as `<spin component id>.wasm`.
     let definitions = component
         .dependencies
         .values()
-        .map(|dep| Ok(root.join(&manifest.component(&dep.component)?.source)))
+        .map(|dep| {
+            let source = root.join(&manifest.component(&dep.component)?.source);
+            let named = scratch.join(format!("{}.wasm", dep.component));
+            std::fs::copy(&source, &named)
+                .with_context(|| format!("copying {}", source.display()))?;
+            Ok(named)
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let config = wasm_compose::config::Config {
         dir: scratch,
