@@ -77,7 +77,7 @@ impl Call {
 
 /// A stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: u64,
     pub chat_id: String,
@@ -98,7 +98,7 @@ pub enum ChatKind {
 
 /// A chat and its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Chat {
     pub id: String,
     pub kind: ChatKind,
@@ -110,7 +110,7 @@ pub struct Chat {
 
 /// One member's receipt watermarks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Receipt {
     pub user_id: String,
     pub delivered_up_to: u64,
@@ -119,7 +119,7 @@ pub struct Receipt {
 
 /// What the presence store knows of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Presence {
     pub user_id: String,
     pub online: bool,
@@ -128,7 +128,7 @@ pub struct Presence {
 
 /// The host's limits and timings (`config.current`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Settings {
     pub max_content_bytes: u32,
     pub presence_ttl_ms: u64,
@@ -263,7 +263,9 @@ mod tests {
         assert_eq!(Call::from_name("message-store/append"), None);
     }
 
-    /// Answers are `{"ok":…}` or `{"err":{"kind","detail"?}}`, and unknown fields are refused.
+    /// Answers are `{"ok":…}` or `{"err":{"kind","detail"?}}`. Arguments with
+    /// unknown fields are refused; answers tolerate fields a newer gateway
+    /// adds, so the gateway can be upgraded before the Spin app.
     #[test]
     fn answer_shapes() {
         let ok: Answer<Option<u64>> = Answer::Ok(Some(7));
@@ -281,5 +283,8 @@ mod tests {
         );
         let extra = json!({"chat": "g:1", "before": null, "limit": 5, "evil": true});
         assert!(serde_json::from_value::<PageBefore>(extra).is_err());
+        let newer = json!({"id": 5, "chatId": "c", "senderId": "a", "clientMsgId": "x",
+            "content": "hi", "timestamp": 1, "prevId": 4, "editedAt": 9});
+        assert_eq!(serde_json::from_value::<Message>(newer).unwrap().prev_id, 4);
     }
 }

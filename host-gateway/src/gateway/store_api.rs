@@ -15,11 +15,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chat_core::store_api::{self as wire, Answer, Call};
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -33,10 +34,17 @@ pub const MIN_TOKEN_BYTES: usize = 32;
 /// The largest page a caller may ask for (components ask for at most 101).
 const MAX_PAGE: u32 = 1000;
 
+/// The largest request body: a 256-member chat is well under it.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreApiError {
     #[error("the store API token must be at least {MIN_TOKEN_BYTES} bytes")]
     TokenTooShort,
+    /// Callers send the token in a header, where surrounding whitespace is
+    /// dropped: such a token could never match, so it is refused up front.
+    #[error("the store API token must not contain whitespace")]
+    TokenHasWhitespace,
 }
 
 struct StoreApi {
@@ -46,6 +54,9 @@ struct StoreApi {
 
 /// The routes under `/internal/v1/`, answering only to `token`.
 pub fn router(app: Arc<App>, token: &str) -> Result<Router, StoreApiError> {
+    if token.chars().any(char::is_whitespace) {
+        return Err(StoreApiError::TokenHasWhitespace);
+    }
     if token.len() < MIN_TOKEN_BYTES {
         return Err(StoreApiError::TokenTooShort);
     }
@@ -58,7 +69,23 @@ pub fn router(app: Arc<App>, token: &str) -> Result<Router, StoreApiError> {
             &format!("{}/{{interface}}/{{function}}", wire::PREFIX),
             post(handle),
         )
+        // The token is checked before a body is read; bodies are bounded.
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(api))
+}
+
+async fn require_token(State(api): State<Arc<StoreApi>>, request: Request, next: Next) -> Response {
+    let authorised =
+        bearer_token(request.headers()).is_some_and(|t| same_secret(t.as_bytes(), &api.token));
+    if !authorised {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the store API token is missing or wrong",
+        );
+    }
+    next.run(request).await
 }
 
 /// Compares in time that depends only on `expected`'s length, so a caller
@@ -74,23 +101,14 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
 async fn handle(
     State(api): State<Arc<StoreApi>>,
     Path((interface, function)): Path<(String, String)>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let authorised = bearer_token(&headers).is_some_and(|t| same_secret(t.as_bytes(), &api.token));
-    if !authorised {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the store API token is missing or wrong",
-        );
-    }
     let Some(call) = Call::from_name(&format!("{interface}/{function}")) else {
         return error(StatusCode::NOT_FOUND, "not_found", "no such store call");
     };
     match dispatch(&api.app, call, &body).await {
-        Ok(answer) => (
-            StatusCode::OK,
+        Ok((status, answer)) => (
+            status,
             [(http::header::CONTENT_TYPE, "application/json")],
             answer,
         )
@@ -123,11 +141,17 @@ fn store_error(e: StoreError) -> wire::StoreError {
     }
 }
 
-/// The JSON body of an answer.
-fn answer<T: Serialize>(result: StoreResult<T>) -> String {
+/// The status and JSON body of an answer: 503 when the backend is down, so
+/// proxies, retries and metrics see the failure; 200 for the rest (a
+/// `not-found` or `conflict` is a valid answer to the call).
+fn answer<T: Serialize>(result: StoreResult<T>) -> (StatusCode, String) {
+    let status = match &result {
+        Err(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
     let answer = Answer::from(result.map_err(store_error));
     // Plain data (strings, numbers, lists) always serialises.
-    serde_json::to_string(&answer).unwrap_or_default()
+    (status, serde_json::to_string(&answer).unwrap_or_default())
 }
 
 fn message(m: backend::Message) -> wire::Message {
@@ -175,7 +199,7 @@ fn chat_from_wire(c: wire::Chat) -> backend::Chat {
 }
 
 /// Runs one call; `Err` is a malformed request (400), store failures are answers.
-async fn dispatch(app: &App, call: Call, body: &[u8]) -> Result<String, String> {
+async fn dispatch(app: &App, call: Call, body: &[u8]) -> Result<(StatusCode, String), String> {
     let b = &app.backends;
     Ok(match call {
         Call::PageBefore => {
@@ -293,11 +317,13 @@ mod tests {
     /// Backend detail stays in the log: callers see the bare variant.
     #[test]
     fn unavailable_hides_detail() {
-        let body = answer::<u64>(Err(StoreError::Unavailable(
+        let (status, body) = answer::<u64>(Err(StoreError::Unavailable(
             "redis at 10.0.0.1 down".into(),
         )));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, r#"{"err":{"kind":"unavailable"}}"#);
-        let body = answer::<u64>(Err(StoreError::Conflict("members changed".into())));
+        let (status, body) = answer::<u64>(Err(StoreError::Conflict("members changed".into())));
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
             r#"{"err":{"kind":"conflict","detail":"members changed"}}"#

@@ -422,3 +422,129 @@ async fn store_api_is_off_by_default_and_authenticated() -> anyhow::Result<()> {
     assert_eq!(settings["ok"]["maxContentBytes"], 4096, "{settings}");
     Ok(())
 }
+
+/// Every call of the store API over real HTTP, and each way a request can be
+/// refused: what the adapter relies on, and what an operator would see.
+#[tokio::test]
+async fn store_api_serves_each_call_and_refuses_bad_requests() -> anyhow::Result<()> {
+    use chat_core::store_api::Call;
+    let server = Server::start_with(
+        Options::default()
+            .embedded()
+            .arg("--store-api-token")
+            .arg(STORE_TOKEN),
+    )
+    .await;
+    let base = &server.gateway_bases()[0];
+    let http = reqwest::Client::new();
+    let post = |call: Call, body: String| {
+        http.post(format!("{base}{}", call.path()))
+            .bearer_auth(STORE_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let ok = |answer: Value| -> Value {
+        assert!(answer.get("ok").is_some(), "an ok answer: {answer}");
+        answer["ok"].clone()
+    };
+
+    // Chats: create, read back, list per user, change members.
+    let chat = json!({"id": "g:store-api", "kind": "group", "name": "ops",
+        "members": ["alice", "bob"], "admins": ["alice"], "createdAt": 1});
+    let created: Value = post(Call::CreateChat, json!({"chat": chat}).to_string())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ok(created)[1], true, "newly created");
+    let got: Value = post(Call::GetChat, json!({"chat": "g:store-api"}).to_string())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ok(got)["members"], json!(["alice", "bob"]));
+    let listed: Value = post(Call::ChatsOf, json!({"user": "bob"}).to_string())
+        .await?
+        .json()
+        .await?;
+    assert_eq!(ok(listed)[0]["id"], "g:store-api");
+    let member: Value = post(
+        Call::IsMember,
+        json!({"chat": "g:store-api", "user": "carol"}).to_string(),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(ok(member), false);
+    let changed: Value = post(
+        Call::UpdateMembers,
+        json!({"chat": "g:store-api", "expectedMembers": ["alice", "bob"],
+            "members": ["alice", "bob", "carol"], "admins": ["alice"]})
+        .to_string(),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(ok(changed)["members"], json!(["alice", "bob", "carol"]));
+    // A stale expectation is a conflict answer, not an HTTP failure.
+    let stale: Value = post(
+        Call::UpdateMembers,
+        json!({"chat": "g:store-api", "expectedMembers": ["alice", "bob"],
+            "members": ["alice"], "admins": ["alice"]})
+        .to_string(),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(stale["err"]["kind"], "conflict", "{stale}");
+
+    // Ids increase; presence answers for each user asked.
+    let first: Value = post(Call::NextId, "{}".into()).await?.json().await?;
+    let second: Value = post(Call::NextId, "{}".into()).await?.json().await?;
+    assert!(ok(second).as_u64() > ok(first).as_u64());
+    let presence: Value = post(
+        Call::QueryPresence,
+        json!({"users": ["alice", "nobody"]}).to_string(),
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(ok(presence).as_array().map(Vec::len), Some(2));
+
+    // Refusals: each with its own status.
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(status(post(Call::GetChat, "{not json".into()).await?), 400);
+    assert_eq!(
+        status(post(Call::GetChat, json!({"chat": "x", "evil": 1}).to_string()).await?),
+        400,
+        "unknown argument fields are refused"
+    );
+    assert_eq!(
+        status(
+            post(
+                Call::PageAfter,
+                json!({"chat": "g:store-api", "after": 0, "limit": 5000}).to_string()
+            )
+            .await?
+        ),
+        400,
+        "pages are bounded"
+    );
+    let unknown = http
+        .post(format!("{base}/internal/v1/message-store/drop-everything"))
+        .bearer_auth(STORE_TOKEN)
+        .body("{}")
+        .send()
+        .await?;
+    assert_eq!(status(unknown), 404);
+    let huge = format!(r#"{{"users": ["{}"]}}"#, "u".repeat(300 * 1024));
+    assert_eq!(status(post(Call::QueryPresence, huge.clone()).await?), 413);
+    // Without the token even a huge body is refused as unauthorised: the
+    // token is checked before the body is read.
+    let anonymous = http
+        .post(format!("{base}{}", Call::QueryPresence.path()))
+        .body(huge)
+        .send()
+        .await?;
+    assert_eq!(status(anonymous), 401);
+    Ok(())
+}
