@@ -8,6 +8,33 @@ use serde_json::{Value, json};
 /// The header in which the gateway names the authenticated caller.
 pub const USER_HEADER: &str = "x-switchboard-user";
 
+/// Who is calling. On host-gateway (`token_secret` unset) the gateway has
+/// checked the client's token and names the caller in `USER_HEADER`. Where
+/// a component answers clients directly (Spin), `token_secret` is set and
+/// the caller is whoever the bearer token says: the header, which any client
+/// can send, is ignored. `None` means unauthenticated (answer 401).
+pub fn caller(
+    user_header: Option<&str>,
+    authorization: Option<&str>,
+    token_secret: Option<&str>,
+    now_secs: i64,
+) -> Option<String> {
+    match token_secret {
+        None => user_header.map(str::to_owned),
+        Some(secret) => {
+            let token = authorization?.strip_prefix("Bearer ")?.trim();
+            crate::token::verify_hs256(token, secret.as_bytes(), now_secs).ok()
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, for `caller` (Wasm reads the host's clock).
+pub fn unix_now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Why a platform call failed, reduced to what an HTTP reply depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreFailure {
@@ -131,6 +158,17 @@ pub fn query_pairs(query: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With a token secret the header is ignored and only a valid token counts.
+    #[test]
+    fn caller_comes_from_the_token_when_components_check_tokens() {
+        assert_eq!(caller(Some("alice"), None, None, 0), Some("alice".into()));
+        assert_eq!(caller(Some("alice"), None, Some("s3cret"), 0), None);
+        assert_eq!(
+            caller(Some("alice"), Some("Bearer junk"), Some("s3cret"), 0),
+            None
+        );
+    }
 
     /// Percent-escapes decode; broken ones are refused.
     #[test]

@@ -8,6 +8,7 @@ pub mod http;
 pub mod ids;
 pub mod receipts;
 pub mod store_api;
+pub mod token;
 
 /// User ids are 1-64 of `[A-Za-z0-9_.-]`: safe inside chat ids (`dm:a:b`) and paths.
 pub fn valid_user_id(id: &str) -> bool {

@@ -1,6 +1,6 @@
 //! Binds `core` to spin-sdk's request type and the `chat:platform` imports.
 
-use chat_core::http::{Reply, USER_HEADER};
+use chat_core::http::{Reply, USER_HEADER, caller, unix_now_secs};
 use chat_core::receipts::Marks;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
@@ -9,7 +9,7 @@ use crate::core::{self, Message, StoreFailure};
 
 wit_bindgen::generate!({ path: "../../wit", world: "http-platform" });
 
-use chat::platform::{membership, message_store, types};
+use chat::platform::{config, membership, message_store, types};
 
 struct Host;
 
@@ -100,12 +100,18 @@ fn respond(reply: Reply) -> Response {
 
 #[http_component]
 fn handle(request: Request) -> Response {
-    let user = request.header(USER_HEADER).and_then(|v| v.as_str());
+    let header = |name: &str| request.header(name).and_then(|v| v.as_str());
+    let user = caller(
+        header(USER_HEADER),
+        header("authorization"),
+        config::caller_token_secret().as_deref(),
+        unix_now_secs(),
+    );
     let core_request = core::Request {
         method: method_name(request.method()),
         path: request.path(),
         query: request.query(),
-        user,
+        user: user.as_deref(),
     };
     respond(core::handle(&Host, &core_request))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use chat_core::http::USER_HEADER;
+use chat_core::http::{USER_HEADER, caller, unix_now_secs};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
 
@@ -119,13 +119,19 @@ export!(Component);
 
 #[http_component]
 fn handle(request: Request) -> Response {
-    let user = request.header(USER_HEADER).and_then(|v| v.as_str());
+    let header = |name: &str| request.header(name).and_then(|v| v.as_str());
+    let user = caller(
+        header(USER_HEADER),
+        header("authorization"),
+        config::caller_token_secret().as_deref(),
+        unix_now_secs(),
+    );
     let method = if matches!(request.method(), Method::Get) {
         "GET"
     } else {
         "OTHER"
     };
-    let reply = core::handle_http(&Host, method, request.path(), user);
+    let reply = core::handle_http(&Host, method, request.path(), user.as_deref());
     Response::builder()
         .status(reply.status)
         .header("content-type", "application/json")

@@ -6,7 +6,10 @@
 use chat_core::store_api::{self as wire, Call};
 use spin_sdk::http::{Method, Request, Response};
 
-use crate::core::{self, Endpoint, TOKEN_VARIABLE, Transport, TransportFailure, URL_VARIABLE};
+use crate::core::{
+    self, CALLER_TOKEN_SECRET_VARIABLE, Endpoint, TOKEN_VARIABLE, Transport, TransportFailure,
+    URL_VARIABLE,
+};
 
 wit_bindgen::generate!({
     inline: r#"
@@ -59,6 +62,16 @@ fn endpoint() -> Result<Endpoint, wire::StoreError> {
             .map_err(|e| wire::StoreError::Invalid(format!("spin variable {name}: {e}")))
     };
     Endpoint::new(&read(URL_VARIABLE)?, &read(TOKEN_VARIABLE)?)
+}
+
+/// The secret client tokens are checked with. Without one no caller can be
+/// authenticated, so there is nothing safe to answer: fail the request.
+fn caller_token_secret() -> String {
+    match spin_sdk::variables::get(CALLER_TOKEN_SECRET_VARIABLE) {
+        Ok(secret) if !secret.is_empty() => secret,
+        Ok(_) => panic!("spin variable {CALLER_TOKEN_SECRET_VARIABLE} is empty"),
+        Err(e) => panic!("spin variable {CALLER_TOKEN_SECRET_VARIABLE}: {e}"),
+    }
 }
 
 fn call<A: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -291,6 +304,12 @@ impl config::Guest for Component {
             },
             Err(e) => panic!("config.current through the store API failed: {e:?}"),
         }
+    }
+
+    /// Spin hands requests straight from clients to the components: they
+    /// must check tokens themselves.
+    fn caller_token_secret() -> Option<String> {
+        Some(caller_token_secret())
     }
 }
 

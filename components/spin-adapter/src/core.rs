@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 pub const URL_VARIABLE: &str = "store_api_url";
 /// The Spin variable holding the store API's bearer token.
 pub const TOKEN_VARIABLE: &str = "store_api_token";
+/// The Spin variable holding the secret client tokens are signed with (the
+/// gateway's `SWITCHBOARD_JWT_SECRET`).
+pub const CALLER_TOKEN_SECRET_VARIABLE: &str = "jwt_secret";
 
 /// The request could not be made or got no answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -373,4 +373,9 @@ impl config::Host for HostState {
     async fn current(&mut self) -> config::Settings {
         self.shared.settings
     }
+
+    /// The gateway checks every client's token before a component runs.
+    async fn caller_token_secret(&mut self) -> Option<String> {
+        None
+    }
 }

@@ -148,7 +148,12 @@ struct SpinHistory {
 }
 
 impl SpinHistory {
-    fn new(composed: &[u8], store_api_url: &str, token: &str) -> anyhow::Result<Self> {
+    fn new(
+        composed: &[u8],
+        store_api_url: &str,
+        token: &str,
+        jwt_secret: &str,
+    ) -> anyhow::Result<Self> {
         let engine = Engine::new(&Config::new())?;
         let component = Component::new(&engine, composed)?;
         let mut linker = Linker::<SpinLike>::new(&engine);
@@ -165,12 +170,29 @@ impl SpinHistory {
                 spin_adapter::core::TOKEN_VARIABLE.to_owned(),
                 token.to_owned(),
             ),
+            (
+                spin_adapter::core::CALLER_TOKEN_SECRET_VARIABLE.to_owned(),
+                jwt_secret.to_owned(),
+            ),
         ]);
         Ok(Self { pre, variables })
     }
 
-    /// `GET path_and_query` as `user` (the header a trusted front sets); the status and JSON body.
-    async fn get(&self, path_and_query: &str, user: &str) -> anyhow::Result<(u16, Value)> {
+    /// `GET path_and_query` with the client's bearer `token`; the status and JSON body.
+    async fn get(&self, path_and_query: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        self.get_with(
+            path_and_query,
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+    }
+
+    /// `GET path_and_query` with exactly these request headers.
+    async fn get_with(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
         let mut store = Store::new(
             self.pre.engine(),
             SpinLike {
@@ -181,11 +203,13 @@ impl SpinHistory {
                 variables: self.variables.clone(),
             },
         );
-        let request = http::Request::get(format!("http://spin.test{path_and_query}"))
-            .header(chat_core::http::USER_HEADER, user)
-            .body(Full::new(Bytes::new()).map_err(
-                |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
-            ))?;
+        let mut request = http::Request::get(format!("http://spin.test{path_and_query}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new()).map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        ))?;
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let req = store
             .data_mut()
@@ -278,7 +302,8 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
         .recv_until(|f| f["type"] == "ack" && f["status"] == "read")
         .await;
 
-    let spin = SpinHistory::new(&composed, &server.base, STORE_TOKEN)?;
+    let secret = server.secret().expect("a known JWT secret");
+    let spin = SpinHistory::new(&composed, &server.base, STORE_TOKEN, secret)?;
     for user in ["alice", "bob"] {
         for (first, step) in [("limit=7", "cursor"), ("after=0&limit=7", "after")] {
             let native = page_chain(
@@ -289,7 +314,7 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
             )
             .await;
             let on_spin = page_chain(
-                async |path: String| match spin.get(&path, user).await {
+                async |path: String| match spin.get(&path, &server.token(user)).await {
                     Ok(answer) => answer,
                     Err(e) => panic!("composed history failed on {path}: {e:#}"),
                 },
@@ -317,8 +342,45 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
         ("/api/v1/chats/g:nope/messages".to_owned(), "alice"),
     ] {
         let native = server.get(&path, user).await;
-        assert_eq!(spin.get(&path, user).await?, native, "{path} as {user}");
+        assert_eq!(
+            spin.get(&path, &server.token(user)).await?,
+            native,
+            "{path} as {user}"
+        );
     }
+
+    // Nobody in front of the components on Spin: they check tokens
+    // themselves. Claiming a user by header, an expired token, one signed
+    // with another secret, or none at all gets 401, as from the gateway.
+    let path = format!("/api/v1/chats/{chat}/messages");
+    let expired = server.token_expiring("alice", -5);
+    let foreign = switchboard_e2e::sign_token("alice", 3600, "another secret entirely");
+    let claim = (chat_core::http::USER_HEADER, "alice".to_owned());
+    let bearer = |token: &str| ("authorization", format!("Bearer {token}"));
+    for case in [
+        vec![claim.clone()],
+        vec![claim.clone(), bearer("not-a-token")],
+        vec![bearer(&expired)],
+        vec![bearer(&foreign)],
+        vec![],
+    ] {
+        let headers: Vec<(&str, &str)> = case.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let (status, body) = spin.get_with(&path, &headers).await?;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{headers:?}"
+        );
+    }
+    let (status, _) = server
+        .request_with_auth(
+            reqwest::Method::GET,
+            &path,
+            Some(&format!("Bearer {expired}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "the gateway refuses the same expired token");
     Ok(())
 }
 
@@ -339,21 +401,33 @@ async fn composed_history_fails_closed() -> anyhow::Result<()> {
         .await;
     let path = format!("/api/v1/chats/{chat}/messages");
 
-    let wrong = SpinHistory::new(&composed, &server.base, &STORE_TOKEN.replace('0', "1"))?;
-    let (status, body) = wrong.get(&path, "alice").await?;
+    let secret = server.secret().expect("a known JWT secret");
+    let alice = server.token("alice");
+    let wrong = SpinHistory::new(
+        &composed,
+        &server.base,
+        &STORE_TOKEN.replace('0', "1"),
+        secret,
+    )?;
+    let (status, body) = wrong.get(&path, &alice).await?;
     assert_eq!(
         (status, body["code"].as_str()),
         (500, Some("internal")),
         "{body}"
     );
 
-    let right = SpinHistory::new(&composed, &server.base, STORE_TOKEN)?;
-    assert_eq!(right.get(&path, "alice").await?.0, 200);
+    let right = SpinHistory::new(&composed, &server.base, STORE_TOKEN, secret)?;
+    assert_eq!(right.get(&path, &alice).await?.0, 200);
 
     let port = switchboard_e2e::free_port();
-    let gone = SpinHistory::new(&composed, &format!("http://127.0.0.1:{port}"), STORE_TOKEN)?;
+    let gone = SpinHistory::new(
+        &composed,
+        &format!("http://127.0.0.1:{port}"),
+        STORE_TOKEN,
+        secret,
+    )?;
     let (status, body) =
-        tokio::time::timeout(Duration::from_secs(30), gone.get(&path, "alice")).await??;
+        tokio::time::timeout(Duration::from_secs(30), gone.get(&path, &alice)).await??;
     assert_eq!(
         (status, body["code"].as_str()),
         (503, Some("unavailable")),

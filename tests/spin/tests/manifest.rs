@@ -148,18 +148,24 @@ fn references(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Components reach only the store API, get exactly the adapter's two variables, and lend both to the adapter; the token is a required secret.
+/// Components reach only the store API, get exactly the adapter's three variables, and lend them to the adapter; the store token and the JWT secret are required secrets.
 #[test]
 fn permissions_are_narrow() -> anyhow::Result<()> {
     let manifest = manifest()?;
-    let token = &manifest.variables["store_api_token"];
-    assert!(token.required && token.secret && token.default.is_none());
+    for secret in ["store_api_token", "jwt_secret"] {
+        let variable = &manifest.variables[secret];
+        assert!(
+            variable.required && variable.secret && variable.default.is_none(),
+            "{secret}"
+        );
+    }
     let origin = &manifest.variables["store_api_origin"];
     assert!(origin.required && !origin.secret);
 
     let adapter_variables: BTreeSet<&str> = [
         spin_adapter::core::URL_VARIABLE,
         spin_adapter::core::TOKEN_VARIABLE,
+        spin_adapter::core::CALLER_TOKEN_SECRET_VARIABLE,
     ]
     .into();
     for (id, component) in &manifest.component {
