@@ -41,8 +41,10 @@ impl Endpoint {
     /// `/` is dropped) and a non-empty token.
     pub fn new(base: &str, token: &str) -> Result<Self, StoreError> {
         let base = base.trim().trim_end_matches('/');
-        let scheme_ok = base.starts_with("http://") || base.starts_with("https://");
-        if !scheme_ok || base.len() <= "https://".len() {
+        let host = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
             return Err(StoreError::Invalid(format!(
                 "spin variable {URL_VARIABLE} must be an http(s) URL"
             )));
@@ -174,6 +176,17 @@ mod tests {
                 serde_json::json!({"chat": "g:1", "before": 9, "limit": 2}),
             )
         );
+    }
+
+    /// Any http(s) base with a host is accepted, a one-letter host too; no host or another scheme is not.
+    #[test]
+    fn endpoint_needs_an_http_base_with_a_host() {
+        assert!(Endpoint::new("http://g", "t").is_ok());
+        assert!(Endpoint::new("https://gateway.internal:8080/", "t").is_ok());
+        for bad in ["http://", "https://", "ftp://gateway", "gateway:8080", ""] {
+            assert!(Endpoint::new(bad, "t").is_err(), "{bad}");
+        }
+        assert!(Endpoint::new("http://g", " ").is_err());
     }
 
     /// Answers decode into values and store errors pass through unchanged.

@@ -172,13 +172,29 @@ fn build_all() -> anyhow::Result<Manifest> {
         let Some((program, args)) = words.split_first() else {
             bail!("component {id} has an empty build command");
         };
+        let source = root.join(&component.source);
+        // A file left by an earlier run must not pass for this build's output.
+        match std::fs::remove_file(&source) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", source.display())),
+        }
         let mut command = Command::new(program);
         command.args(args).current_dir(&root);
-        // A nested cargo must not inherit this test's package variables
-        // (build scripts would see a changed environment and rerun).
+        // A nested cargo must not inherit the variables cargo sets for this
+        // test (build scripts would see a changed environment and rerun);
+        // the user's cargo settings (offline, registries, ...) stay.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
-            if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" {
+            let set_by_cargo = key.starts_with("CARGO_PKG_")
+                || key.starts_with("CARGO_MANIFEST_")
+                || key.starts_with("CARGO_BIN_")
+                || key.starts_with("CARGO_CRATE_")
+                || matches!(
+                    key.as_str(),
+                    "CARGO_TARGET_DIR" | "CARGO_PRIMARY_PACKAGE" | "RUSTFLAGS"
+                );
+            if set_by_cargo {
                 command.env_remove(&key);
             }
         }
@@ -190,7 +206,6 @@ fn build_all() -> anyhow::Result<Manifest> {
             "the build command of {id} failed ({status}): {}",
             component.build.command
         );
-        let source = root.join(&component.source);
         ensure!(
             source.is_file(),
             "the build command of {id} did not produce its source {}",
