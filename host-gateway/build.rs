@@ -61,18 +61,19 @@ fn build_components(root: &Path) -> PathBuf {
     cmd.current_dir(root)
         .args([
             "build",
-            "--release",
+            "--locked",
+            "--profile",
+            "component",
             "--target",
             "wasm32-wasip2",
             "--target-dir",
         ])
         .arg(&target_dir);
+    // The same command as the spin.toml build commands, so Spin deploys
+    // these very files (tests/spin checks the bytes).
     for name in COMPONENTS {
         cmd.args(["-p", name]);
     }
-    // Small guests: no debug info in the embedded binaries.
-    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     // The outer build's settings are for the host, not for wasm guests.
     for var in [
         "RUSTFLAGS",
@@ -87,5 +88,5 @@ fn build_components(root: &Path) -> PathBuf {
         status.success(),
         "building the wasm components failed (see the output above)"
     );
-    target_dir.join("wasm32-wasip2").join("release")
+    target_dir.join("wasm32-wasip2").join("component")
 }

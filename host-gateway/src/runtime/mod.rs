@@ -93,7 +93,8 @@ mod embedded_components {
 }
 
 impl ComponentSource {
-    fn load(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+    /// The bytes of component `name` (`send`, `history`, ...).
+    pub fn load(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         if let Self::Directory(dir) = self {
             let path = dir.join(format!("{name}.wasm"));
             if path.exists() {

@@ -151,10 +151,10 @@ impl Manifest {
 /// `spin build` does, once per test process; then returns the manifest with
 /// every `source` checked to exist.
 ///
-/// The commands write to `target/spin` inside the checkout. When cargo's
-/// target directory is kept elsewhere (CI keeps it across fresh clones),
-/// `target/spin` is first linked into it, so the builds stay incremental;
-/// the commands themselves run exactly as written.
+/// The commands write to `target/components` inside the checkout. When
+/// cargo's target directory is kept elsewhere (CI keeps it across fresh
+/// clones), that is first linked to the build script's directory (see
+/// `link_spin_target`); the commands themselves run exactly as written.
 pub fn built_manifest() -> &'static Manifest {
     static BUILT: OnceLock<Result<Manifest, String>> = OnceLock::new();
     match BUILT.get_or_init(|| build_all().map_err(|e| format!("{e:#}"))) {
@@ -215,15 +215,19 @@ fn build_all() -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// With artefacts kept outside the checkout (`CARGO_TARGET_DIR`, as CI
+/// does), `target/components` (where spin.toml builds) points at
+/// `$CARGO_TARGET_DIR/components` (where host-gateway's build script
+/// builds), so `spin build` here reuses that build instead of repeating it.
 fn link_spin_target(root: &Path) -> anyhow::Result<()> {
-    let link = root.join("target").join("spin");
+    let link = root.join("target").join("components");
     let Some(target_dir) = std::env::var_os("CARGO_TARGET_DIR").map(|d| root.join(d)) else {
         return Ok(());
     };
     if link.exists() || target_dir == root.join("target") {
         return Ok(());
     }
-    let kept = target_dir.join("spin");
+    let kept = target_dir.join("components");
     std::fs::create_dir_all(&kept).with_context(|| format!("creating {}", kept.display()))?;
     std::fs::create_dir_all(root.join("target"))?;
     #[cfg(unix)]

@@ -68,7 +68,7 @@ fn strictness_catches_mistakes() -> anyhow::Result<()> {
     );
 
     let sourceless = text.replacen(
-        "source = \"target/spin/wasm32-wasip2/release/history.wasm\"",
+        "source = \"target/components/wasm32-wasip2/component/history.wasm\"",
         "",
         1,
     );
@@ -218,6 +218,25 @@ fn build_commands_produce_the_sources() -> anyhow::Result<()> {
             bytes.get(..8),
             Some(&[0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00][..]),
             "{id} is not a component"
+        );
+    }
+    Ok(())
+}
+
+/// What Spin deploys is byte for byte what host-gateway runs: each routed
+/// component's `source`, as its build command made it, equals the component
+/// embedded in the host binary.
+#[test]
+fn spin_deploys_the_files_the_host_embeds() -> anyhow::Result<()> {
+    let manifest = built_manifest();
+    for id in manifest.routed_components() {
+        let deployed = switchboard_spin_tests::component_bytes(id)?;
+        let embedded = host_gateway::runtime::ComponentSource::Embedded.load(id)?;
+        assert!(
+            deployed == embedded,
+            "{id}: spin.toml's build gives {} bytes, the host embeds {}",
+            deployed.len(),
+            embedded.len()
         );
     }
     Ok(())
