@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         events: usize,
     },
+    /// Only scenario 5's memory figure (embedded backend, seconds): for
+    /// iterating on per-connection memory.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+    },
 }
 
 #[tokio::main]
@@ -63,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?}", wasm_cost::measure(events, 128).await?);
             return Ok(());
         }
-        None => {}
+        Some(Command::Idle { .. }) | None => {}
     }
     let bin = cli
         .bin
@@ -73,6 +79,11 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p host-gateway`",
         bin.display()
     );
+    if let Some(Command::Idle { connections }) = cli.command {
+        let per = scenarios::idle_rss(&bin, connections).await?;
+        println!("{connections} idle connections: {per:.2} KiB RSS each");
+        return Ok(());
+    }
     let sizes = if cli.quick {
         scenarios::Sizes::quick()
     } else {

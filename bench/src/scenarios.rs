@@ -691,6 +691,12 @@ fn open_file_limit() -> usize {
         .unwrap_or(1024)
 }
 
+/// RSS per idle connection of a fresh embedded server holding `n` of them.
+pub async fn idle_rss(bin: &Path, n: usize) -> anyhow::Result<f64> {
+    let target = Target::switchboard(bin).await?;
+    idle(&target, n.min(open_file_limit().saturating_sub(1_000))).await
+}
+
 async fn idle(target: &Target, n: usize) -> anyhow::Result<f64> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = target.rss_kib().unwrap_or(0);
