@@ -40,13 +40,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tokio_tungstenite::tungstenite;
 
-/// The checkout these tests run from. Read at run time first: cargo sets
-/// `CARGO_MANIFEST_DIR` for test binaries, and a build cached from another
-/// checkout of the same tree would otherwise point there.
+/// The checkout these tests run from: the nearest directory holding
+/// `Cargo.lock` above the running test's crate. Starts from the run-time
+/// `CARGO_MANIFEST_DIR` (cargo sets it for test binaries; it names whichever
+/// test crate is running), since a build cached from another checkout of the
+/// same tree would carry that checkout's compile-time path.
 pub fn workspace_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("..")
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    start
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .map_or_else(|| start.join(".."), Path::to_path_buf)
 }
 
 /// How long a test waits for a frame, a close or an HTTP answer before failing.

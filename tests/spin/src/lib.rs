@@ -98,16 +98,12 @@ pub struct Build {
 
 /// The workspace root, where `spin.toml` is.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    switchboard_e2e::workspace_root()
 }
 
 /// This crate's vendored data (see `data/README.md`).
 pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data")
+    repo_root().join("tests/spin/data")
 }
 
 /// The text of `spin.toml`.
