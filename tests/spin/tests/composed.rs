@@ -265,18 +265,23 @@ async fn page_chain(
     }
 }
 
-/// history + spin-adapter, run in wasmtime against the gateway's store API, serves the same pages as the gateway's /api/v1/chats/{id}/messages.
-#[tokio::test]
-async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
-    let composed =
-        tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history")).await??;
-    let server = Server::start_with(
+/// An embedded gateway with the store API on, answering to `STORE_TOKEN`.
+async fn gateway_with_store_api() -> Server {
+    Server::start_with(
         Options::default()
             .embedded()
             .arg("--store-api-token")
             .arg(STORE_TOKEN),
     )
-    .await;
+    .await
+}
+
+/// history + spin-adapter, run in wasmtime against the gateway's store API, serves the same pages as the gateway's /api/v1/chats/{id}/messages.
+#[tokio::test]
+async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
+    let composed =
+        tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history")).await??;
+    let server = gateway_with_store_api().await;
 
     // A chat with history and receipts: 17 messages from alice, 3 from bob, bob has read up to the 10th.
     let chat = server
@@ -389,13 +394,7 @@ async fn composed_history_pages_like_the_gateway() -> anyhow::Result<()> {
 async fn composed_history_fails_closed() -> anyhow::Result<()> {
     let composed =
         tokio::task::spawn_blocking(|| switchboard_spin_tests::compose("history")).await??;
-    let server = Server::start_with(
-        Options::default()
-            .embedded()
-            .arg("--store-api-token")
-            .arg(STORE_TOKEN),
-    )
-    .await;
+    let server = gateway_with_store_api().await;
     let chat = server
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
@@ -451,13 +450,7 @@ async fn store_api_is_off_by_default_and_authenticated() -> anyhow::Result<()> {
         .await;
     assert_eq!(status, 404, "no store API unless configured");
 
-    let server = Server::start_with(
-        Options::default()
-            .embedded()
-            .arg("--store-api-token")
-            .arg(STORE_TOKEN),
-    )
-    .await;
+    let server = gateway_with_store_api().await;
     for auth in [
         None,
         Some("Bearer not-the-token".to_owned()),
@@ -502,13 +495,7 @@ async fn store_api_is_off_by_default_and_authenticated() -> anyhow::Result<()> {
 #[tokio::test]
 async fn store_api_serves_each_call_and_refuses_bad_requests() -> anyhow::Result<()> {
     use chat_core::store_api::Call;
-    let server = Server::start_with(
-        Options::default()
-            .embedded()
-            .arg("--store-api-token")
-            .arg(STORE_TOKEN),
-    )
-    .await;
+    let server = gateway_with_store_api().await;
     let base = &server.gateway_bases()[0];
     let http = reqwest::Client::new();
     let post = |call: Call, body: String| {
