@@ -14,6 +14,13 @@ log() { printf '\n==> %s\n' "$*"; }
 # Build artefacts live outside the checkout so a fresh clone on the same
 # machine (as CI makes) rebuilds only what changed.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard/target}"
+# The cache outlives checkouts, and every other checkout path or dependency set
+# leaves its own test binaries and incremental state (65 GB seen). Drop what no
+# build has touched for a day; anything still needed is rebuilt.
+if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+  find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f ! -name '*.*' -mtime +0 -delete || true
+  find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +0 -exec rm -rf {} + || true
+fi
 
 log "toolchain"
 # rust-toolchain.toml pins the compiler and lists the wasm target; rustup
