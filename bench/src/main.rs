@@ -58,6 +58,22 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
     },
+    /// Only scenario 1 on one target (embedded, or the relay with `--relay`):
+    /// closed-loop peak, then latency at each fraction of it. For iterating
+    /// on the send path.
+    OneToOne {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Offered loads, as fractions of the measured peak.
+        #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
+        loads: Vec<f64>,
+        #[arg(long)]
+        relay: bool,
+    },
 }
 
 #[tokio::main]
@@ -69,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?}", wasm_cost::measure(events, 128).await?);
             return Ok(());
         }
-        Some(Command::Idle { .. }) | None => {}
+        Some(Command::Idle { .. } | Command::OneToOne { .. }) | None => {}
     }
     let bin = cli
         .bin
@@ -83,6 +99,22 @@ async fn main() -> anyhow::Result<()> {
         let per = scenarios::idle_rss(&bin, connections).await?;
         println!("{connections} idle connections: {per:.2} KiB RSS each");
         return Ok(());
+    }
+    if let Some(Command::OneToOne {
+        pairs,
+        window,
+        secs,
+        loads,
+        relay,
+    }) = cli.command
+    {
+        let sizes = scenarios::Sizes {
+            pairs,
+            window,
+            duration: std::time::Duration::from_secs(secs),
+            ..scenarios::Sizes::full()
+        };
+        return scenarios::one_to_one_loads(&bin, &sizes, &loads, relay).await;
     }
     let sizes = if cli.quick {
         scenarios::Sizes::quick()

@@ -124,6 +124,43 @@ impl Kind {
     }
 }
 
+/// Scenario 1 alone: the closed-loop peak, then open-loop latency at each
+/// offered load (a fraction of that peak).
+pub async fn one_to_one_loads(
+    bin: &Path,
+    sizes: &Sizes,
+    loads: &[f64],
+    relay: bool,
+) -> anyhow::Result<()> {
+    let kind = if relay { Kind::Relay } else { Kind::Embedded };
+    let target = kind.start(bin, None).await?;
+    let peak = closed_loop(pairs(&target, sizes.pairs).await?, sizes).await?;
+    println!(
+        "{}: peak {peak:.0} msg/s ({} pairs, window {})",
+        target.name, sizes.pairs, sizes.window
+    );
+    println!("| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &load in loads {
+        let lat = open_loop(
+            pairs(&target, sizes.pairs).await?,
+            peak * load,
+            sizes.duration,
+        )
+        .await?;
+        println!(
+            "| {load:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            peak * load,
+            lat.len(),
+            ms(&lat, 0.5),
+            ms(&lat, 0.9),
+            ms(&lat, 0.99),
+            lat.max() as f64 / 1000.0
+        );
+    }
+    Ok(())
+}
+
 /// Runs every scenario and prints the table. With `cluster`, scenarios 1-3
 /// also run on two gateways over Redis + Cassandra.
 pub async fn run_all(
