@@ -575,12 +575,14 @@ mod cassandra_backend {
         chat_directory_contract(&store_in(&keyspace(), 1, DEFAULT_BUCKET_MS).await).await;
     }
 
-    /// With 20 ms buckets a chat spans many partitions: ids still increase,
+    /// With 50 ms buckets a chat spans many partitions: ids still increase,
     /// paging walks the buckets both ways, and a retry of a message from an
-    /// earlier bucket is still recognised.
+    /// earlier bucket is still recognised. (Buckets are numbered from the id
+    /// epoch and clamped to i32: much narrower ones would all be the last.)
     #[tokio::test]
     async fn paging_walks_buckets() {
-        let s = store_in(&keyspace(), 1, 20).await;
+        const BUCKET_MS: i64 = 50;
+        let s = store_in(&keyspace(), 1, BUCKET_MS).await;
         let mut ids = Vec::new();
         for i in 0..12 {
             let appended = s
@@ -590,9 +592,18 @@ mod cassandra_backend {
                 .remove(0)
                 .unwrap();
             ids.push(appended.message.id);
-            tokio::time::sleep(Duration::from_millis(9)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let mut buckets: Vec<i64> = ids
+            .iter()
+            .map(|&id| (host_gateway::ids::time_of(id) - host_gateway::ids::EPOCH_MS) / BUCKET_MS)
+            .collect();
+        buckets.dedup();
+        assert!(
+            buckets.len() >= 3,
+            "the messages must span buckets: {buckets:?}"
+        );
         let newest: Vec<u64> = s
             .page_before("b", None, 5)
             .await

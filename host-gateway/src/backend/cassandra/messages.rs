@@ -38,9 +38,8 @@ pub(super) struct Head {
     bucket: i32,
     /// The last id committed in `bucket`; `None` while it has none.
     last: Option<i64>,
-    /// The bucket before, if any, and whether it is known to be sealed.
+    /// The bucket before, if any (its claims are checked for retries).
     previous: Option<i32>,
-    previous_sealed: bool,
 }
 
 /// Heads of the chats this gateway wrote to recently.
@@ -144,9 +143,56 @@ impl CassandraStore {
             bucket,
             last,
             previous: buckets.get(1).copied(),
-            // A bucket with a commit in it was only written after its predecessor was sealed.
-            previous_sealed: last.is_some(),
         }))
+    }
+
+    /// Seals `bucket` whatever its head is now; a commit that lands first
+    /// just moves the head the seal is conditioned on, so it is re-read.
+    async fn seal_whatever_head(&self, chat: &str, bucket: i32) -> StoreResult<()> {
+        for _ in 0..MAX_ROUNDS {
+            let head = self.read_head(chat, bucket).await?;
+            if head == Some(SEALED) || self.seal(chat, bucket, head).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "cassandra: bucket {bucket} of {chat} too contended to seal"
+        )))
+    }
+
+    /// Readies `bucket` for its first commit. Every bucket below it is
+    /// sealed, from the nearest down to the newest one holding a message:
+    /// that one's own first commit sealed everything under it, so nothing
+    /// can land late anywhere below `bucket` (a gateway that read an old
+    /// head and committed slowly would otherwise put messages behind ours).
+    /// Returns the id the first commit follows (the newest message below,
+    /// 0 for a chat's first) and the nearest bucket below; `None` when a
+    /// newer bucket exists, so commits belong there (a late clock opened
+    /// this one).
+    async fn settle_below(
+        &self,
+        chat: &str,
+        bucket: i32,
+    ) -> StoreResult<Option<(i64, Option<i32>)>> {
+        if !self
+            .buckets(chat, bucket.saturating_add(1), false)
+            .await?
+            .is_empty()
+        {
+            return Ok(None);
+        }
+        let below = self.buckets(chat, bucket - 1, true).await?;
+        for &older in &below {
+            self.seal_whatever_head(chat, older).await?;
+            if let Some(newest) = self
+                .page_in_bucket(chat, older, i64::MAX, 1, true)
+                .await?
+                .first()
+            {
+                return Ok(Some((newest.id as i64, below.first().copied())));
+            }
+        }
+        Ok(Some((0, below.first().copied())))
     }
 
     /// Seals `bucket` (no commit can land there any more) if its head is
@@ -260,7 +306,6 @@ impl CassandraStore {
                             bucket,
                             last: None,
                             previous: None,
-                            previous_sealed: true,
                         }
                     }
                 },
@@ -271,22 +316,18 @@ impl CassandraStore {
             let first_id = self.ids.next_after(floor as u64) as i64;
             let target = self.bucket_of(first_id);
             if target > head.bucket {
-                // Time moved into a new bucket: list it, then seal the
-                // current one so no late commit can land behind us.
+                // Time moved into a new bucket: list it first, so that a
+                // slower gateway still opening an older one sees it (see
+                // `settle_below`, which seals the buckets below).
                 self.add_bucket(chat, target).await?;
-                if self.seal(chat, head.bucket, head.last).await? {
-                    self.heads.put(
-                        chat,
-                        Head {
-                            bucket: target,
-                            last: None,
-                            previous: Some(head.bucket),
-                            previous_sealed: true,
-                        },
-                    );
-                } else {
-                    self.heads.forget(chat);
-                }
+                self.heads.put(
+                    chat,
+                    Head {
+                        bucket: target,
+                        last: None,
+                        previous: Some(head.bucket),
+                    },
+                );
                 continue;
             }
             if head.last == Some(SEALED) {
@@ -294,19 +335,22 @@ impl CassandraStore {
                 continue;
             }
             let mut head = head;
-            if !head.previous_sealed {
-                if let Some(previous) = head.previous {
-                    let previous_head = self.read_head(chat, previous).await?;
-                    if previous_head != Some(SEALED)
-                        && !self.seal(chat, previous, previous_head).await?
-                    {
+
+            // The message these follow: the bucket's last, or for a bucket's
+            // first commit the newest of the (now sealed) buckets before.
+            let chain_start = match head.last {
+                Some(last) => last,
+                None => match self.settle_below(chat, head.bucket).await? {
+                    Some((start, previous)) => {
+                        head.previous = previous;
+                        start
+                    }
+                    None => {
                         self.heads.forget(chat);
                         continue;
                     }
-                }
-                head.previous_sealed = true;
-                self.heads.put(chat, head);
-            }
+                },
+            };
 
             // A retry of a message committed in the (sealed, so settled)
             // bucket before this one.
@@ -323,17 +367,6 @@ impl CassandraStore {
                     continue;
                 }
             }
-
-            // The message these follow: the bucket's last, or for a bucket's
-            // first commit the newest of the (sealed, so settled) buckets before.
-            let chain_start = match head.last {
-                Some(last) => last,
-                None => self
-                    .page(chat, self.bucket_floor(head.bucket), 1, true)
-                    .await?
-                    .first()
-                    .map_or(0, |m| m.id as i64),
-            };
 
             // Ids for as many pending messages as fit one commit in this bucket.
             let mut ids = Vec::new();
