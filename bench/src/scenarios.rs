@@ -139,26 +139,77 @@ pub async fn one_to_one_loads(
         "{}: peak {peak:.0} msg/s ({} pairs, window {})",
         target.name, sizes.pairs, sizes.window
     );
-    println!("| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | msgs per send call | send call us | fanout call us |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &load in loads {
+        let before = invocation_totals(&target).await;
         let lat = open_loop(
             pairs(&target, sizes.pairs).await?,
             peak * load,
             sizes.duration,
         )
         .await?;
+        let after = invocation_totals(&target).await;
+        let per_call = |c: &str| {
+            let (n, secs) = (after[c].0 - before[c].0, after[c].1 - before[c].1);
+            (n, if n > 0.0 { secs * 1e6 / n } else { 0.0 })
+        };
+        let ((sends, send_us), (_, fanout_us)) = (per_call("send"), per_call("fanout"));
         println!(
-            "| {load:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {load:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {send_us:.0} | {fanout_us:.0} |",
             peak * load,
             lat.len(),
             ms(&lat, 0.5),
             ms(&lat, 0.9),
             ms(&lat, 0.99),
-            lat.max() as f64 / 1000.0
+            lat.max() as f64 / 1000.0,
+            if sends > 0.0 {
+                lat.len() as f64 / sends
+            } else {
+                0.0
+            },
         );
     }
     Ok(())
+}
+
+/// Per component: (invocations, seconds in them) from the server's
+/// `/metrics`; zeros for the relay, which has none.
+async fn invocation_totals(target: &Target) -> std::collections::HashMap<&'static str, (f64, f64)> {
+    let components = ["send", "fanout"];
+    let mut totals: std::collections::HashMap<_, _> =
+        components.iter().map(|&c| (c, (0.0, 0.0))).collect();
+    let Ok(response) = target
+        .http()
+        .get(format!("{}/metrics", target.base))
+        .send()
+        .await
+    else {
+        return totals;
+    };
+    let text = response.text().await.unwrap_or_default();
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        for c in components {
+            let label = format!("{{component=\"{c}\"}}");
+            let Some(entry) = totals.get_mut(c) else {
+                continue;
+            };
+            if series == format!("switchboard_component_invocations_total{label}") {
+                entry.0 = value;
+            } else if series == format!("switchboard_component_invocation_seconds_total{label}") {
+                entry.1 = value;
+            }
+        }
+    }
+    totals
 }
 
 /// Runs every scenario and prints the table. With `cluster`, scenarios 1-3
