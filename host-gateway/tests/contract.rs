@@ -237,6 +237,7 @@ async fn chat_directory_contract(chats: &dyn ChatDirectory) {
     assert_eq!(listed, vec!["g:1", "dm:alice:bob"], "newest first");
 
     let members = vec!["alice".to_string(), "carol".into(), "dave".into()];
+    assert!(chats.is_member("g:1", "carol").await.unwrap());
     let updated = chats
         .update_members(
             "g:1",
@@ -247,6 +248,14 @@ async fn chat_directory_contract(chats: &dyn ChatDirectory) {
         .await
         .unwrap();
     assert_eq!(updated.members, vec!["alice", "erin"]);
+    // Reads after an update see it, though the chat was read before (a
+    // store may cache the chats it reads).
+    assert!(!chats.is_member("g:1", "carol").await.unwrap());
+    assert!(chats.is_member("g:1", "erin").await.unwrap());
+    assert_eq!(
+        chats.get_chat("g:1").await.unwrap().unwrap().members,
+        vec!["alice", "erin"]
+    );
     assert!(chats.chats_of("carol").await.unwrap().is_empty());
     assert_eq!(chats.chats_of("erin").await.unwrap().len(), 1);
     let stale = chats.update_members("g:1", &members, vec![], vec![]).await;

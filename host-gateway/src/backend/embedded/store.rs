@@ -41,6 +41,33 @@ pub struct EmbeddedStore {
     /// Appends go to one writer thread that commits whatever is queued in
     /// one transaction (group commit): one fsync serves every dispatch lane.
     appends: Arc<Writer>,
+    /// Chats as last committed: every send and every fan-out reads its chat,
+    /// and this process is the only writer, so the cache is exact.
+    chats: Arc<ChatCache>,
+}
+
+/// The chats read recently. A fill holds the lock across its database read
+/// and an update drops the entry after its commit, so whatever a fill put
+/// back before that is gone, and any later fill reads the committed value.
+#[derive(Default)]
+struct ChatCache(std::sync::Mutex<std::collections::HashMap<String, Chat>>);
+
+impl ChatCache {
+    /// Beyond this many chats the cache starts over.
+    const CAPACITY: usize = 100_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Chat>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fill(chats: &mut std::collections::HashMap<String, Chat>, chat: &Chat) {
+        if chats.len() >= Self::CAPACITY {
+            chats.clear();
+        }
+        chats.insert(chat.id.clone(), chat.clone());
+    }
 }
 
 /// The writer thread's handle: dropping the last one stops the thread and
@@ -145,7 +172,12 @@ impl EmbeddedStore {
             jobs: Some(sender),
             thread: Some(thread),
         });
-        Ok(Self { db, ids, appends })
+        Ok(Self {
+            db,
+            ids,
+            appends,
+            chats: Arc::default(),
+        })
     }
 
     /// Runs blocking redb work off the async workers.
@@ -391,10 +423,19 @@ fn read_chat(
 #[async_trait]
 impl ChatDirectory for EmbeddedStore {
     async fn get_chat(&self, chat: &str) -> StoreResult<Option<Chat>> {
+        if let Some(cached) = self.chats.lock().get(chat) {
+            return Ok(Some(cached.clone()));
+        }
         let chat = chat.to_owned();
+        let cache = self.chats.clone();
         self.blocking(move |db, _| {
+            let mut cached = cache.lock();
             let txn = db.begin_read().map_err(backend_err)?;
-            read_chat(&txn.open_table(CHATS).map_err(backend_err)?, &chat)
+            let found = read_chat(&txn.open_table(CHATS).map_err(backend_err)?, &chat)?;
+            if let Some(found) = &found {
+                ChatCache::fill(&mut cached, found);
+            }
+            Ok(found)
         })
         .await
     }
@@ -407,6 +448,7 @@ impl ChatDirectory for EmbeddedStore {
     }
 
     async fn create_chat(&self, chat: Chat) -> StoreResult<(Chat, bool)> {
+        // Nothing to drop from the cache: it holds only chats that exist.
         self.blocking(move |db, _| {
             let txn = db.begin_write().map_err(backend_err)?;
             let result = {
@@ -464,6 +506,7 @@ impl ChatDirectory for EmbeddedStore {
     ) -> StoreResult<Chat> {
         let chat_id = chat_id.to_owned();
         let expected = expected.to_vec();
+        let cache = self.chats.clone();
         self.blocking(move |db, _| {
             let txn = db.begin_write().map_err(backend_err)?;
             let updated = {
@@ -491,6 +534,7 @@ impl ChatDirectory for EmbeddedStore {
                 chat
             };
             txn.commit().map_err(backend_err)?;
+            cache.lock().remove(&chat_id);
             Ok(updated)
         })
         .await
