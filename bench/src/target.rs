@@ -163,7 +163,12 @@ impl Target {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
         let stream = socket.connect(addr).await?;
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            MaybeTlsStream::Plain(stream),
+            Some(crate::relay::small_buffers()),
+        )
+        .await?;
         Ok(ws)
     }
 
