@@ -58,7 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
     },
-    /// Only scenario 1 on one target (embedded, or the relay with `--relay`):
+    /// Only scenario 1 on one target (embedded, the relay with `--relay`, or
+    /// two gateways over Redis + Cassandra with `--cluster`):
     /// closed-loop peak, then latency at each fraction of it. For iterating
     /// on the send path.
     OneToOne {
@@ -114,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(secs),
             ..scenarios::Sizes::full()
         };
-        return scenarios::one_to_one_loads(&bin, &sizes, &loads, relay).await;
+        let cluster = cli.cluster.then(|| target::ClusterServices {
+            redis_url: cli.redis_url.clone(),
+            cassandra: cli.cassandra.clone(),
+        });
+        return scenarios::one_to_one_loads(&bin, &sizes, &loads, relay, cluster.as_ref()).await;
     }
     let sizes = if cli.quick {
         scenarios::Sizes::quick()

@@ -131,9 +131,14 @@ pub async fn one_to_one_loads(
     sizes: &Sizes,
     loads: &[f64],
     relay: bool,
+    cluster: Option<&ClusterServices>,
 ) -> anyhow::Result<()> {
-    let kind = if relay { Kind::Relay } else { Kind::Embedded };
-    let target = kind.start(bin, None).await?;
+    let kind = match (relay, cluster) {
+        (true, _) => Kind::Relay,
+        (false, Some(_)) => Kind::Cluster,
+        (false, None) => Kind::Embedded,
+    };
+    let target = kind.start(bin, cluster).await?;
     let peak = closed_loop(pairs(&target, sizes.pairs).await?, sizes).await?;
     println!(
         "{}: peak {peak:.0} msg/s ({} pairs, window {})",

@@ -7,6 +7,9 @@
 //! Delivery to N users: local connections are served directly; then one
 //! PUBLISH per *other* gateway that holds any of the users, on that gateway's
 //! channel `gw:{id}` — never one per recipient, never to every gateway.
+//! Remote deliveries queue in order behind one task that looks up and
+//! publishes whatever is queued in two pipelined round trips, so a fan-out
+//! of many messages does not wait for two round trips per message.
 //! Presence changes go to every gateway (`presence` channel), since watchers
 //! can be anywhere. Pub/Sub is at most once: a gateway that misses a frame
 //! leaves its clients to catch up from the store by cursor.
@@ -26,6 +29,18 @@ use crate::ids::now_ms;
 
 /// How long a registry entry lives without a refresh.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
+
+/// Remote deliveries queued before senders wait (backpressure when Redis is slow).
+const REMOTE_QUEUE: usize = 16_384;
+/// Most queued deliveries looked up and published in one pair of round trips.
+const REMOTE_BATCH: usize = 512;
+
+/// A delivery to users on other gateways, waiting for the remote task.
+struct RemoteDelivery {
+    users: Vec<String>,
+    frame: Frame,
+    skip: Option<ConnectionId>,
+}
 
 /// What travels between gateways.
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +72,8 @@ pub struct RedisRouter {
     redis: ConnectionManager,
     prefix: String,
     gateway: u16,
+    /// In arrival order, so a chat's pushes reach other gateways in order.
+    remote: tokio::sync::mpsc::Sender<RemoteDelivery>,
 }
 
 impl std::fmt::Debug for RedisRouter {
@@ -75,12 +92,15 @@ impl RedisRouter {
         gateway: u16,
     ) -> anyhow::Result<Arc<Self>> {
         let redis = super::connect(&client).await?;
+        let (remote, queue) = tokio::sync::mpsc::channel(REMOTE_QUEUE);
         let router = Arc::new(Self {
             local: Arc::new(InProcessRouter::default()),
             redis,
             prefix: prefix.into(),
             gateway,
+            remote,
         });
+        tokio::spawn(remote_deliveries(Arc::downgrade(&router), queue));
         let resubscribed = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(subscriber(client, router.clone(), resubscribed.clone()));
         tokio::spawn(refresher(Arc::downgrade(&router), resubscribed));
@@ -191,38 +211,13 @@ impl Router for RedisRouter {
         skip: Option<ConnectionId>,
     ) -> u32 {
         let reached = self.local.send_to_users(users, frame.clone(), skip).await;
-        // Which other gateways hold any of these users: one round trip.
-        let now = now_ms();
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.cmd("ZRANGEBYSCORE")
-                .arg(self.route_key(user))
-                .arg(now)
-                .arg("+inf");
-        }
-        let mut redis = self.redis.clone();
-        let holders: Vec<Vec<u16>> = match pipe.query_async(&mut redis).await {
-            Ok(holders) => holders,
-            Err(e) => {
-                tracing::warn!(error = %e, "connection registry unavailable; remote clients will catch up by cursor");
-                crate::metrics::backend_error();
-                return reached;
-            }
+        let delivery = RemoteDelivery {
+            users: users.to_vec(),
+            frame,
+            skip,
         };
-        let mut by_gateway: HashMap<u16, Vec<String>> = HashMap::new();
-        for (user, gateways) in users.iter().zip(holders) {
-            for gateway in gateways.into_iter().filter(|g| *g != self.gateway) {
-                by_gateway.entry(gateway).or_default().push(user.clone());
-            }
-        }
-        for (gateway, users) in by_gateway {
-            let envelope = Envelope::Users {
-                users,
-                frame: frame.to_string(),
-                skip,
-            };
-            self.publish(self.gateway_channel(gateway), &envelope).await;
-        }
+        // Fails only when the remote task is gone, i.e. the router is.
+        let _ = self.remote.send(delivery).await;
         reached
     }
 
@@ -241,6 +236,86 @@ impl Router for RedisRouter {
             return self.local.send_to_watchers(user, frame).await;
         }
         0
+    }
+}
+
+/// Delivers queued frames to the other gateways that hold their users, in
+/// queue order, a batch at a time: one pipelined round trip reads the
+/// registry for every queued recipient, one more publishes every envelope
+/// (a pipeline runs in order on one connection).
+async fn remote_deliveries(
+    router: std::sync::Weak<RedisRouter>,
+    mut queue: tokio::sync::mpsc::Receiver<RemoteDelivery>,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < REMOTE_BATCH {
+            match queue.try_recv() {
+                Ok(delivery) => batch.push(delivery),
+                Err(_) => break,
+            }
+        }
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        let mut recipients: Vec<&str> = batch
+            .iter()
+            .flat_map(|d| d.users.iter().map(String::as_str))
+            .collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        let now = now_ms();
+        let mut lookup = redis::pipe();
+        for user in &recipients {
+            lookup
+                .cmd("ZRANGEBYSCORE")
+                .arg(router.route_key(user))
+                .arg(now)
+                .arg("+inf");
+        }
+        let mut redis = router.redis.clone();
+        let holders: Vec<Vec<u16>> = match lookup.query_async(&mut redis).await {
+            Ok(holders) => holders,
+            Err(e) => {
+                tracing::warn!(error = %e, "connection registry unavailable; remote clients will catch up by cursor");
+                crate::metrics::backend_error();
+                continue;
+            }
+        };
+        let holders: HashMap<&str, Vec<u16>> = recipients.into_iter().zip(holders).collect();
+        let mut publish = redis::pipe();
+        for delivery in &batch {
+            // Sorted, so envelopes of one batch go out in a fixed order.
+            let mut by_gateway: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+            for user in &delivery.users {
+                for &gateway in holders.get(user.as_str()).into_iter().flatten() {
+                    if gateway != router.gateway {
+                        by_gateway.entry(gateway).or_default().push(user.clone());
+                    }
+                }
+            }
+            for (gateway, users) in by_gateway {
+                let envelope = Envelope::Users {
+                    users,
+                    frame: delivery.frame.to_string(),
+                    skip: delivery.skip,
+                };
+                if let Ok(payload) = serde_json::to_string(&envelope) {
+                    publish
+                        .cmd("PUBLISH")
+                        .arg(router.gateway_channel(gateway))
+                        .arg(payload)
+                        .ignore();
+                }
+            }
+        }
+        if publish.is_empty() {
+            continue;
+        }
+        if let Err(e) = publish.query_async::<()>(&mut redis).await {
+            tracing::warn!(error = %e, "publish failed; remote clients will catch up by cursor");
+            crate::metrics::backend_error();
+        }
     }
 }
 
