@@ -6,9 +6,10 @@
 //! and one store commit serve many frames.
 //!
 //! Order: all frames of a chat go to the same lane (by hash of the chat id)
-//! and a lane runs one invocation at a time, so a chat's messages are
-//! stored, acked and fanned out in the order they arrived. Presence frames
-//! are laned by user for the same reason.
+//! and a lane runs one `send` invocation at a time, so a chat's messages are
+//! stored and acked in the order they arrived. Each lane's stored batches go
+//! to its own fan-out task in that order, which runs while the lane commits
+//! the next batch. Presence frames are laned by user for the same reason.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -24,6 +25,12 @@ use crate::runtime::{ConnectionEvent, InboundFrame, InvokeError, Lifecycle, Runt
 const MAX_BATCH: usize = 128;
 /// Frames a lane queues before readers wait (backpressure to the sockets).
 const LANE_CAPACITY: usize = 4096;
+/// Stored batches a lane's fan-out may fall behind its commits before the
+/// lane waits for it.
+const FANOUT_BACKLOG: usize = 64;
+/// Most messages one fanout invocation takes (queued batches are joined up
+/// to this).
+const MAX_FANOUT_MESSAGES: usize = 512;
 
 /// A frame and what the host needs to answer for it if the component fails.
 #[derive(Debug)]
@@ -150,13 +157,27 @@ fn internal_error(client_msg_id: Option<&str>, error: &InvokeError) -> String {
 }
 
 async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mpsc::Receiver<Job>) {
+    // A batch's fan-out runs while the next batch commits. One fan-out task
+    // per lane takes stored batches in commit order, so a chat's pushes keep
+    // the order of its ids.
+    let (stored_tx, stored_rx) = mpsc::channel(FANOUT_BACKLOG);
+    tokio::spawn(fanout_worker(runtime.clone(), stored_rx));
+    let fan_out = |frames: &[InboundFrame], client_ids: &[Option<String>], stored| {
+        let items = with_origins(frames, client_ids, stored);
+        let stored_tx = stored_tx.clone();
+        async move {
+            if !items.is_empty() {
+                let _ = stored_tx.send(items).await;
+            }
+        }
+    };
     while let Some(batch) = next_batch(&mut rx).await {
         let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = batch
             .into_iter()
             .map(|j| (j.frame, j.client_msg_id))
             .unzip();
         match runtime.send(&frames).await {
-            Ok(stored) => fan_out(&runtime, &frames, &client_ids, stored).await,
+            Ok(stored) => fan_out(&frames, &client_ids, stored).await,
             Err(e) if frames.len() > 1 => {
                 // One bad frame must not fail its neighbours: retry each alone.
                 // Sends are idempotent by clientMsgId, so a retried message
@@ -166,7 +187,7 @@ async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mps
                     let one = std::slice::from_ref(frame);
                     let client_id = std::slice::from_ref(&client_ids[i]);
                     match runtime.send(one).await {
-                        Ok(stored) => fan_out(&runtime, one, client_id, stored).await,
+                        Ok(stored) => fan_out(one, client_id, stored).await,
                         Err(e) => fail(&*router, frame, client_ids[i].as_deref(), &e).await,
                     }
                 }
@@ -189,18 +210,14 @@ async fn fail(
         .await;
 }
 
-/// Hands newly stored messages to the fanout component, each with the
-/// connection it came from (which already has it).
-async fn fan_out(
-    runtime: &Runtime,
+/// Pairs newly stored messages with the connection each came from (which
+/// already has it, through its `sent` ack).
+fn with_origins(
     frames: &[InboundFrame],
     client_ids: &[Option<String>],
     stored: Vec<crate::runtime::bindings::Message>,
-) {
-    if stored.is_empty() {
-        return;
-    }
-    let items: Vec<Stored> = stored
+) -> Vec<Stored> {
+    stored
         .into_iter()
         .map(|message| {
             let origin = frames
@@ -212,10 +229,23 @@ async fn fan_out(
                 .map(|(f, _)| f.connection);
             Stored { message, origin }
         })
-        .collect();
-    if let Err(e) = runtime.fanout(&items).await {
-        // The messages are stored and acked; recipients catch up by cursor.
-        tracing::error!(error = %e, messages = items.len(), "fanout failed");
+        .collect()
+}
+
+/// Runs the fanout component over stored batches in the order they come,
+/// everything queued at once in one invocation.
+async fn fanout_worker(runtime: Arc<Runtime>, mut stored: mpsc::Receiver<Vec<Stored>>) {
+    while let Some(mut items) = stored.recv().await {
+        while items.len() < MAX_FANOUT_MESSAGES {
+            match stored.try_recv() {
+                Ok(more) => items.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = runtime.fanout(&items).await {
+            // The messages are stored and acked; recipients catch up by cursor.
+            tracing::error!(error = %e, messages = items.len(), "fanout failed");
+        }
     }
 }
 
