@@ -146,8 +146,9 @@ impl CassandraStore {
         }))
     }
 
-    /// Seals `bucket` whatever its head is now; a commit that lands first
-    /// just moves the head the seal is conditioned on, so it is re-read.
+    /// Seals `bucket` whatever its head is now; a commit (or another
+    /// gateway's seal) that lands first moves the head the seal is
+    /// conditioned on, so it is re-read and the loop sees which.
     async fn seal_whatever_head(&self, chat: &str, bucket: i32) -> StoreResult<()> {
         for _ in 0..MAX_ROUNDS {
             let head = self.read_head(chat, bucket).await?;
@@ -196,17 +197,14 @@ impl CassandraStore {
     }
 
     /// Seals `bucket` (no commit can land there any more) if its head is
-    /// still `expected`. True when it is sealed now, by us or by another gateway.
+    /// still `expected`; true when this call sealed it.
     async fn seal(&self, chat: &str, bucket: i32, expected: Option<i64>) -> StoreResult<bool> {
         let result = self
             .session
             .execute_unpaged(&self.statements.seal, (chat, bucket, expected))
             .await
             .map_err(unavailable)?;
-        if applied(result)? {
-            return Ok(true);
-        }
-        Ok(self.read_head(chat, bucket).await? == Some(SEALED))
+        applied(result)
     }
 
     /// The messages that `keys` were claimed for in `bucket`.
