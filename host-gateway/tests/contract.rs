@@ -101,6 +101,22 @@ async fn append_is_idempotent(store: &dyn MessageStore) {
         .unwrap();
     assert!(!elsewhere.duplicate);
     assert_eq!(elsewhere.message.chat_id, "c2b");
+    // A repeat inside the batch that first stores the message.
+    let batch = vec![
+        new_message("c2c", "alice", "y"),
+        new_message("c2c", "alice", "y"),
+    ];
+    let results: Vec<_> = store
+        .append(batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!results[0].duplicate);
+    assert!(results[1].duplicate);
+    assert_eq!(results[1].message, results[0].message);
+    assert_eq!(store.page_after("c2c", 0, 100).await.unwrap().len(), 1);
 }
 
 /// Paging backwards is newest first and exclusive of the cursor; forwards is oldest first.

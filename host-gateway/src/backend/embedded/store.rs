@@ -24,8 +24,6 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 /// (chat, sender, client-msg-id) -> message id: the idempotency index.
 const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str, &str), u64> =
     TableDefinition::new("client_ids_per_chat");
-/// chat -> the highest message id in it, so new ids stay above it across restarts.
-const CHAT_HEADS: TableDefinition<&str, u64> = TableDefinition::new("chat_heads");
 /// (chat, user) -> (delivered up to, read up to).
 const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("receipts");
 /// chat -> chat as JSON.
@@ -102,6 +100,7 @@ fn group_commit_writer(
     ids: Arc<Snowflake>,
     jobs: std::sync::mpsc::Receiver<AppendJob>,
 ) {
+    let mut heads = Heads::default();
     while let Ok(first) = jobs.recv() {
         let mut group = vec![first];
         while let Ok(job) = jobs.try_recv() {
@@ -114,7 +113,7 @@ fn group_commit_writer(
             all.extend(job.batch);
             replies.push(job.reply);
         }
-        match append_batch(&db, &ids, all) {
+        match append_batch(&db, &ids, &mut heads, all) {
             Ok(results) => {
                 let mut results = results.into_iter();
                 for (reply, size) in replies.into_iter().zip(sizes) {
@@ -157,7 +156,6 @@ impl EmbeddedStore {
         let txn = db.begin_write()?;
         txn.open_table(MESSAGES)?;
         txn.open_table(SENT_BY_CLIENT_ID)?;
-        txn.open_table(CHAT_HEADS)?;
         txn.open_table(RECEIPTS)?;
         txn.open_table(CHATS)?;
         txn.open_table(USER_CHATS)?;
@@ -194,48 +192,88 @@ impl EmbeddedStore {
     }
 }
 
+/// The newest message id of each chat the writer appended to lately. The
+/// writer thread is the only one adding messages, so an entry stays exact;
+/// a chat not in the map gets its head from its last stored message.
+#[derive(Default)]
+struct Heads(std::collections::HashMap<String, u64>);
+
+impl Heads {
+    /// Beyond this many chats the map starts over.
+    const CAPACITY: usize = 100_000;
+
+    fn get(
+        &self,
+        messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        chat: &str,
+    ) -> StoreResult<u64> {
+        if let Some(&head) = self.0.get(chat) {
+            return Ok(head);
+        }
+        let last = messages
+            .range((chat, 0)..=(chat, u64::MAX))
+            .map_err(backend_err)?
+            .next_back()
+            .transpose()
+            .map_err(backend_err)?;
+        Ok(last.map_or(0, |(key, _)| key.value().1))
+    }
+
+    /// Takes in the heads of a committed transaction.
+    fn extend(&mut self, committed: std::collections::HashMap<String, u64>) {
+        if self.0.len() + committed.len() > Self::CAPACITY {
+            self.0.clear();
+        }
+        self.0.extend(committed);
+    }
+}
+
 fn append_batch(
     db: &Database,
     ids: &Snowflake,
+    heads: &mut Heads,
     batch: Vec<NewMessage>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
     let txn = db.begin_write().map_err(backend_err)?;
     let mut results = Vec::with_capacity(batch.len());
+    // Heads moved by this transaction: they count only once it commits.
+    let mut moved = std::collections::HashMap::new();
     {
         let mut messages = txn.open_table(MESSAGES).map_err(backend_err)?;
         let mut by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
-        let mut heads = txn.open_table(CHAT_HEADS).map_err(backend_err)?;
         for new in batch {
-            let existing = by_client
-                .get((
-                    new.chat_id.as_str(),
-                    new.sender_id.as_str(),
-                    new.client_msg_id.as_str(),
-                ))
+            let head = match moved.get(&new.chat_id) {
+                Some(&head) => head,
+                None => heads.get(&messages, &new.chat_id)?,
+            };
+            let id = ids.next_after(head);
+            let client_key = (
+                new.chat_id.as_str(),
+                new.sender_id.as_str(),
+                new.client_msg_id.as_str(),
+            );
+            // One B-tree walk for the common case: the insert itself tells
+            // whether the key was taken, and a repeat puts the old id back.
+            let earlier = by_client
+                .insert(client_key, id)
                 .map_err(backend_err)?
                 .map(|g| g.value());
-            if let Some(id) = existing {
+            if let Some(earlier) = earlier {
+                by_client.insert(client_key, earlier).map_err(backend_err)?;
                 let stored = messages
-                    .get((new.chat_id.as_str(), id))
+                    .get((new.chat_id.as_str(), earlier))
                     .map_err(backend_err)?
                     .ok_or_else(|| {
                         StoreError::Unavailable(
                             "idempotency index points at a missing message".into(),
                         )
                     })?;
-                let message: Message = decode(stored.value())?;
                 results.push(Ok(Appended {
-                    message,
+                    message: decode(stored.value())?,
                     duplicate: true,
                 }));
                 continue;
             }
-            let head = heads
-                .get(new.chat_id.as_str())
-                .map_err(backend_err)?
-                .map(|g| g.value())
-                .unwrap_or(0);
-            let id = ids.next_after(head);
             let message = Message {
                 id,
                 chat_id: new.chat_id,
@@ -249,19 +287,7 @@ fn append_batch(
             messages
                 .insert((message.chat_id.as_str(), id), bytes.as_slice())
                 .map_err(backend_err)?;
-            by_client
-                .insert(
-                    (
-                        message.chat_id.as_str(),
-                        message.sender_id.as_str(),
-                        message.client_msg_id.as_str(),
-                    ),
-                    id,
-                )
-                .map_err(backend_err)?;
-            heads
-                .insert(message.chat_id.as_str(), id)
-                .map_err(backend_err)?;
+            moved.insert(message.chat_id.clone(), id);
             results.push(Ok(Appended {
                 message,
                 duplicate: false,
@@ -270,6 +296,7 @@ fn append_batch(
     }
     // Durability::Immediate (the default): commit returns after fsync.
     txn.commit().map_err(backend_err)?;
+    heads.extend(moved);
     Ok(results)
 }
 
