@@ -60,8 +60,9 @@ enum Command {
     },
     /// Only scenario 1 on one target (embedded, the relay with `--relay`, or
     /// two gateways over Redis + Cassandra with `--cluster`):
-    /// closed-loop peak, then latency at each fraction of it. For iterating
-    /// on the send path.
+    /// closed-loop peak, then latency at each fraction of it (or at each
+    /// rate of `--rates`). For iterating on the send path, and for comparing
+    /// two targets at the same offered rates.
     OneToOne {
         #[arg(long, default_value_t = 50)]
         pairs: usize,
@@ -72,6 +73,10 @@ enum Command {
         /// Offered loads, as fractions of the measured peak.
         #[arg(long, value_delimiter = ',', default_value = "0.25,0.5,0.75")]
         loads: Vec<f64>,
+        /// Offered rates in msg/s, instead of `--loads`: the same rates can
+        /// be offered to Switchboard and to the relay.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
         #[arg(long)]
         relay: bool,
     },
@@ -106,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         window,
         secs,
         loads,
+        rates,
         relay,
     }) = cli.command
     {
@@ -119,7 +125,12 @@ async fn main() -> anyhow::Result<()> {
             redis_url: cli.redis_url.clone(),
             cassandra: cli.cassandra.clone(),
         });
-        return scenarios::one_to_one_loads(&bin, &sizes, &loads, relay, cluster.as_ref()).await;
+        let offered = if rates.is_empty() {
+            scenarios::Offered::FractionsOfPeak(loads)
+        } else {
+            scenarios::Offered::Rates(rates)
+        };
+        return scenarios::one_to_one_loads(&bin, &sizes, &offered, relay, cluster.as_ref()).await;
     }
     let sizes = if cli.quick {
         scenarios::Sizes::quick()

@@ -124,12 +124,20 @@ impl Kind {
     }
 }
 
+/// What `one_to_one_loads` offers after measuring the peak.
+pub enum Offered {
+    /// Fractions of the measured peak.
+    FractionsOfPeak(Vec<f64>),
+    /// Absolute rates, msg/s.
+    Rates(Vec<f64>),
+}
+
 /// Scenario 1 alone: the closed-loop peak, then open-loop latency at each
-/// offered load (a fraction of that peak).
+/// offered load.
 pub async fn one_to_one_loads(
     bin: &Path,
     sizes: &Sizes,
-    loads: &[f64],
+    offered: &Offered,
     relay: bool,
     cluster: Option<&ClusterServices>,
 ) -> anyhow::Result<()> {
@@ -148,14 +156,14 @@ pub async fn one_to_one_loads(
         "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | msgs per send call | send call us | fanout call us |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &load in loads {
+    let rates: Vec<f64> = match offered {
+        Offered::FractionsOfPeak(loads) => loads.iter().map(|load| peak * load).collect(),
+        Offered::Rates(rates) => rates.clone(),
+    };
+    for rate in rates {
+        let load = rate / peak;
         let before = invocation_totals(&target).await;
-        let lat = open_loop(
-            pairs(&target, sizes.pairs).await?,
-            peak * load,
-            sizes.duration,
-        )
-        .await?;
+        let lat = open_loop(pairs(&target, sizes.pairs).await?, rate, sizes.duration).await?;
         let after = invocation_totals(&target).await;
         let per_call = |c: &str| {
             let (n, secs) = (after[c].0 - before[c].0, after[c].1 - before[c].1);
@@ -163,8 +171,7 @@ pub async fn one_to_one_loads(
         };
         let ((sends, send_us), (_, fanout_us)) = (per_call("send"), per_call("fanout"));
         println!(
-            "| {load:.2} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {send_us:.0} | {fanout_us:.0} |",
-            peak * load,
+            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {send_us:.0} | {fanout_us:.0} |",
             lat.len(),
             ms(&lat, 0.5),
             ms(&lat, 0.9),
