@@ -469,6 +469,48 @@ mod embedded {
             .unwrap();
         assert!(next.message.id > before.id);
     }
+
+    /// What a crash leaves (the files as they are while the store runs) opens
+    /// with every acknowledged message: appends are durable through the
+    /// journal, before any checkpoint syncs the file itself.
+    #[tokio::test]
+    async fn survives_a_crash_through_its_journal() {
+        let live = tempfile::tempdir().unwrap();
+        let s = store(&live);
+        let acked = s
+            .append(vec![
+                new_message("c", "alice", "a"),
+                new_message("c", "bob", "b"),
+            ])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().message)
+            .collect::<Vec<_>>();
+        let crashed = tempfile::tempdir().unwrap();
+        for name in ["db.redb", "db.redb.journal"] {
+            std::fs::copy(live.path().join(name), crashed.path().join(name)).unwrap();
+        }
+        drop(s);
+
+        let s = store(&crashed);
+        assert_eq!(s.page_after("c", 0, 10).await.unwrap(), acked);
+        let again = s
+            .append(vec![new_message("c", "alice", "a")])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.message, acked[0]);
+        let next = s
+            .append(vec![new_message("c", "alice", "c")])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap();
+        assert_eq!(next.message.prev_id, acked[1].id);
+    }
 }
 
 /// The Redis implementations, against the Redis at `SWITCHBOARD_TEST_REDIS_URL`

@@ -2,6 +2,7 @@
 //! durable in a redb file under the data directory; presence and routing
 //! live in this process (one gateway has every connection).
 
+mod journal;
 mod presence;
 mod router;
 mod store;
