@@ -10,7 +10,7 @@
 //! that the tree lacks is put back.
 //!
 //! The file starts with its generation (u64 LE), then records:
-//! `[payload length: u32 LE][CRC-32 of generation and payload: u32 LE][payload]`,
+//! `[payload length: u32 LE][CRC-32 of generation, length and payload: u32 LE][payload]`,
 //! the payload being the messages as JSON. Reading stops at the first record
 //! that is short or fails its checksum: a crash in the middle of an append
 //! leaves such a tail, and that append was never acknowledged.
@@ -26,9 +26,10 @@ use std::path::Path;
 
 use crate::backend::Message;
 
-const HEADER_BYTES: usize = 8;
-/// Where records start, after the generation.
-const START: u64 = 8;
+/// A record's length and checksum.
+const RECORD_HEADER_BYTES: usize = 8;
+/// The file's header, its generation: records start after it.
+const FILE_HEADER_BYTES: u64 = 8;
 /// Size the file is zero-filled to when opened (a larger one is kept).
 const PREALLOCATED: u64 = 8 << 20;
 
@@ -48,8 +49,8 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or creates) the journal at `path` and returns it with the
-    /// messages of every whole record in it, oldest first. A torn tail is
-    /// cut off.
+    /// messages of every whole record of its generation, oldest first. A
+    /// torn or stale tail is ignored, and overwritten by the next append.
     pub fn open(path: &Path) -> io::Result<(Self, Vec<Message>)> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -63,9 +64,15 @@ impl Journal {
         if size < PREALLOCATED {
             file.write_all(&vec![0; (PREALLOCATED - size) as usize])?;
             file.sync_all()?;
+            if size == 0 {
+                // A new file: its directory entry must survive a power loss too.
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    File::open(dir)?.sync_all()?;
+                }
+            }
         }
         let generation = bytes
-            .get(..START as usize)
+            .get(..FILE_HEADER_BYTES as usize)
             .map_or(0, |g| u64::from_le_bytes(g.try_into().expect("8 bytes")));
         let (messages, end) = parse(&bytes, generation);
         file.seek(SeekFrom::Start(end))?;
@@ -90,9 +97,9 @@ impl Journal {
         let payload = serde_json::to_vec(messages)?;
         let length = u32::try_from(payload.len())
             .map_err(|_| io::Error::other("journal record over 4 GiB"))?;
-        let mut record = Vec::with_capacity(HEADER_BYTES + payload.len());
+        let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
         record.extend_from_slice(&length.to_le_bytes());
-        record.extend_from_slice(&checksum(self.generation, &payload).to_le_bytes());
+        record.extend_from_slice(&checksum(self.generation, length, &payload).to_le_bytes());
         record.extend_from_slice(&payload);
         if let Err(e) = self.file.write_all(&record) {
             // A partial record would hide every later one from `open`.
@@ -109,9 +116,31 @@ impl Journal {
         Ok(())
     }
 
+    /// Takes back the last record, appended at `from`, whose group was not
+    /// stored after all, so that a restart does not put it back.
+    pub fn retract(&mut self, from: u64) -> io::Result<()> {
+        let zeroed = self
+            .file
+            .seek(SeekFrom::Start(from))
+            .and_then(|_| self.file.write_all(&[0; RECORD_HEADER_BYTES]))
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.file.seek(SeekFrom::Start(from)));
+        if let Err(e) = zeroed {
+            self.broken = true;
+            return Err(e);
+        }
+        self.end = from;
+        Ok(())
+    }
+
+    /// Where the next record goes (see [`Self::retract`]).
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
     /// Bytes of records since the last [`Self::clear`].
-    pub fn len(&self) -> u64 {
-        self.end - START
+    pub fn recorded_bytes(&self) -> u64 {
+        self.end - FILE_HEADER_BYTES
     }
 
     /// Drops every record (call once the store holds all of them durably)
@@ -133,15 +162,16 @@ impl Journal {
             return Err(e);
         }
         self.generation = next;
-        self.end = START;
-        self.file.seek(SeekFrom::Start(START))?;
+        self.end = FILE_HEADER_BYTES;
+        self.file.seek(SeekFrom::Start(FILE_HEADER_BYTES))?;
         Ok(())
     }
 }
 
-fn checksum(generation: u64, payload: &[u8]) -> u32 {
+fn checksum(generation: u64, length: u32, payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(&generation.to_le_bytes());
+    crc.update(&length.to_le_bytes());
     crc.update(payload);
     crc.finalize()
 }
@@ -150,23 +180,24 @@ fn checksum(generation: u64, payload: &[u8]) -> u32 {
 /// `bytes`, and where those records end.
 fn parse(bytes: &[u8], generation: u64) -> (Vec<Message>, u64) {
     let mut messages = Vec::new();
-    let mut at = START as usize;
-    while let Some(header) = bytes.get(at..at + HEADER_BYTES) {
+    let mut at = FILE_HEADER_BYTES as usize;
+    while let Some(header) = bytes.get(at..at + RECORD_HEADER_BYTES) {
         let (length, crc) = header.split_at(4);
-        let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+        let length = u32::from_le_bytes(length.try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-        let start = at + HEADER_BYTES;
-        let Some(payload) = bytes.get(start..start + length) else {
+        let start = at + RECORD_HEADER_BYTES;
+        // Zeros (a never written block) are not a record.
+        let Some(payload) = bytes.get(start..start + length as usize) else {
             break;
         };
-        if checksum(generation, payload) != crc {
+        if length == 0 || checksum(generation, length, payload) != crc {
             break;
         }
         let Ok(batch) = serde_json::from_slice::<Vec<Message>>(payload) else {
             break;
         };
         messages.extend(batch);
-        at = start + length;
+        at = start + payload.len();
     }
     (messages, at as u64)
 }
@@ -202,26 +233,26 @@ mod tests {
         assert_eq!(ids, [1, 2, 3]);
     }
 
-    /// A torn last record (a crash mid-append) is cut off, and appends after
+    /// A torn last record (a crash mid-append) is ignored, and appends after
     /// reopening are readable again.
     #[test]
-    fn torn_tail_is_cut_off() {
+    fn torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let (mut journal, _) = Journal::open(&path).unwrap();
         journal.append(&[message(1)]).unwrap();
-        let whole = journal.len();
+        let whole = journal.recorded_bytes();
         journal.append(&[message(2)]).unwrap();
         drop(journal);
         // The second append only partly reached the disk.
         let mut bytes = std::fs::read(&path).unwrap();
-        let torn = START as usize + whole as usize + 12;
+        let torn = FILE_HEADER_BYTES as usize + whole as usize + 12;
         bytes[torn..torn + 20].fill(0);
         std::fs::write(&path, bytes).unwrap();
 
         let (mut journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.len(), whole);
+        assert_eq!(journal.recorded_bytes(), whole);
         journal.append(&[message(3)]).unwrap();
         drop(journal);
         let (_, found) = Journal::open(&path).unwrap();
@@ -235,17 +266,36 @@ mod tests {
         let path = dir.path().join("journal");
         let (mut journal, _) = Journal::open(&path).unwrap();
         journal.append(&[message(1)]).unwrap();
-        let whole = journal.len();
+        let whole = journal.recorded_bytes();
         journal.append(&[message(2)]).unwrap();
-        let journal_len = journal.len() as usize;
+        let journal_len = journal.recorded_bytes() as usize;
         drop(journal);
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = START as usize + journal_len - 3;
+        let last = FILE_HEADER_BYTES as usize + journal_len - 3;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let (journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.len(), whole);
+        assert_eq!(journal.recorded_bytes(), whole);
+    }
+
+    /// A retracted record does not come back; later ones do.
+    #[test]
+    fn retracted_record_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        journal.append(&[message(1)]).unwrap();
+        let from = journal.end();
+        journal.append(&[message(2)]).unwrap();
+        journal.retract(from).unwrap();
+        drop(journal);
+        let (mut journal, found) = Journal::open(&path).unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+        journal.append(&[message(3)]).unwrap();
+        drop(journal);
+        let (_, found) = Journal::open(&path).unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 3]);
     }
 
     /// After `clear` the journal reopens empty.
@@ -257,7 +307,7 @@ mod tests {
         journal.append(&[message(1)]).unwrap();
         journal.append(&[message(2)]).unwrap();
         journal.clear().unwrap();
-        assert_eq!(journal.len(), 0);
+        assert_eq!(journal.recorded_bytes(), 0);
         drop(journal);
         let (mut journal, found) = Journal::open(&path).unwrap();
         assert!(found.is_empty());

@@ -8,8 +8,9 @@
 //! by the journal (see `journal.rs`): the group's new messages are appended
 //! to it and synced, one sequential write, and the B-tree commit itself is
 //! not synced; a checkpoint every 100 ms (or 4 MiB of journal) syncs the
-//! tree and empties the journal. Other writes (receipts, chats) are rare
-//! and commit with an fsync of their own.
+//! tree and empties the journal. Other writes (receipts, chats) commit with
+//! an fsync of their own, which also makes the writer's commits before them
+//! durable.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("mess
 /// (chat, sender, client-msg-id) -> message id: the idempotency index.
 const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str, &str), u64> =
     TableDefinition::new("client_ids_per_chat");
+/// What files written before 0d98397 had: chat -> last message id.
+const LEGACY_CHAT_HEADS: TableDefinition<&str, u64> = TableDefinition::new("chat_heads");
 /// (chat, user) -> (delivered up to, read up to).
 const RECEIPTS: TableDefinition<(&str, &str), (u64, u64)> = TableDefinition::new("receipts");
 /// chat -> chat as JSON.
@@ -99,12 +102,14 @@ struct AppendJob {
 }
 
 /// Journal bytes after which the writer checkpoints: half of what the
-/// journal preallocates, so appends stay within blocks that exist.
+/// journal preallocates, so appends normally land in blocks that exist (a
+/// big group or failing checkpoints grow the file, which is still correct).
 const CHECKPOINT_BYTES: u64 = 4 << 20;
-/// Time after which the writer checkpoints, busy or idle. A checkpoint
-/// holds the writer for as long as the synced commit takes (~5-10 ms here
-/// under load, more the longer the interval: 25 ms at 1 s), so shorter is
-/// smoother; it still replaces ~400 synced commits a second with ten.
+/// Age of the oldest journaled group after which the writer checkpoints,
+/// busy or idle. A checkpoint holds the writer for as long as the synced
+/// commit takes (~5-10 ms here under load, more the longer the interval:
+/// 25 ms at 1 s), so shorter is smoother; it still replaces ~400 synced
+/// commits a second with at most ten.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Makes every commit so far durable in the tree itself (a synced commit
@@ -125,15 +130,20 @@ fn group_commit_writer(
     jobs: std::sync::mpsc::Receiver<AppendJob>,
 ) {
     let mut heads = Heads::default();
-    let mut checkpointed = std::time::Instant::now();
+    // When the oldest group in the journal was written (or the last failed
+    // checkpoint tried, so that a failing one is retried at this pace).
+    let mut oldest: Option<std::time::Instant> = None;
     loop {
-        if journal.len() > 0
-            && (journal.len() >= CHECKPOINT_BYTES || checkpointed.elapsed() >= CHECKPOINT_INTERVAL)
-        {
-            // On failure the journal keeps its records and the next round tries again.
+        let due = journal.recorded_bytes() >= CHECKPOINT_BYTES
+            || oldest.is_some_and(|t| t.elapsed() >= CHECKPOINT_INTERVAL);
+        if journal.recorded_bytes() > 0 && due {
+            // On failure the journal keeps its records and a later round tries again.
             match checkpoint(&db, &mut journal) {
-                Ok(()) => checkpointed = std::time::Instant::now(),
-                Err(e) => tracing::warn!(error = %e, "store checkpoint failed"),
+                Ok(()) => oldest = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store checkpoint failed");
+                    oldest = Some(std::time::Instant::now());
+                }
             }
         }
         let first = match jobs.recv_timeout(CHECKPOINT_INTERVAL) {
@@ -152,7 +162,12 @@ fn group_commit_writer(
             all.extend(job.batch);
             replies.push(job.reply);
         }
-        match append_batch(&db, &ids, &mut heads, &mut journal, all) {
+        let was_empty = journal.recorded_bytes() == 0;
+        let appended = append_batch(&db, &ids, &mut heads, &mut journal, all);
+        if was_empty && journal.recorded_bytes() > 0 {
+            oldest = Some(std::time::Instant::now());
+        }
+        match appended {
             Ok(results) => {
                 let mut results = results.into_iter();
                 for (reply, size) in replies.into_iter().zip(sizes) {
@@ -167,7 +182,7 @@ fn group_commit_writer(
         }
     }
     // A clean shutdown leaves the journal empty.
-    if journal.len() > 0
+    if journal.recorded_bytes() > 0
         && let Err(e) = checkpoint(&db, &mut journal)
     {
         tracing::warn!(error = %e, "store checkpoint at shutdown failed");
@@ -209,6 +224,9 @@ impl EmbeddedStore {
         txn.open_table(RECEIPTS)?;
         txn.open_table(CHATS)?;
         txn.open_table(USER_CHATS)?;
+        // Files written before the journal kept chat heads in a table; the
+        // heads now come from the messages themselves.
+        txn.delete_table(LEGACY_CHAT_HEADS)?;
         txn.commit()?;
         if !journaled.is_empty() {
             let restored = restore(&db, journaled)?;
@@ -285,31 +303,42 @@ impl Heads {
 
 /// Stores the journaled messages the file lacks (those of commits after its
 /// last synced one), with their index entries; returns how many.
+///
+/// The journal holds committed groups in commit order and the file holds a
+/// prefix of them, so every missing message is above its chat's newest
+/// stored one and its client-msg-id is free. One that is not is refused
+/// (and logged) rather than let it break id order or idempotency.
 fn restore(db: &Database, journaled: Vec<Message>) -> anyhow::Result<usize> {
     let txn = db.begin_write()?;
     let mut restored = 0;
     {
         let mut messages = txn.open_table(MESSAGES)?;
         let mut by_client = txn.open_table(SENT_BY_CLIENT_ID)?;
+        let heads = Heads::default();
         for message in journaled {
-            if messages
-                .get((message.chat_id.as_str(), message.id))?
-                .is_some()
-            {
+            let chat = message.chat_id.as_str();
+            if messages.get((chat, message.id))?.is_some() {
                 continue;
             }
-            messages.insert(
-                (message.chat_id.as_str(), message.id),
-                encode(&message)?.as_slice(),
-            )?;
-            by_client.insert(
-                (
-                    message.chat_id.as_str(),
-                    message.sender_id.as_str(),
-                    message.client_msg_id.as_str(),
-                ),
-                message.id,
-            )?;
+            let head = heads.get(&messages, chat)?;
+            let client_key = (
+                chat,
+                message.sender_id.as_str(),
+                message.client_msg_id.as_str(),
+            );
+            let taken = by_client.get(client_key)?.is_some();
+            if message.id <= head || taken {
+                tracing::error!(
+                    chat,
+                    id = message.id,
+                    head,
+                    taken,
+                    "journal: refusing a message out of order or already sent"
+                );
+                continue;
+            }
+            messages.insert((chat, message.id), encode(&message)?.as_slice())?;
+            by_client.insert(client_key, message.id)?;
             restored += 1;
         }
     }
@@ -393,12 +422,23 @@ fn append_batch(
             _ => None,
         })
         .collect();
+    // On any failure below the group is not acknowledged. A failed append
+    // drops (aborts) the transaction; if the journal's sync failed, the
+    // record may still be on disk and come back at the next start, which a
+    // retry with the same client-msg-id then finds. A failed commit takes
+    // the record back, so the journal only ever holds committed groups.
+    let record = journal.end();
     if !stored.is_empty() {
-        // On failure the transaction is dropped, which aborts it: nothing
-        // of this group is stored or acknowledged.
         journal.append(&stored).map_err(backend_err)?;
     }
-    txn.commit().map_err(backend_err)?;
+    if let Err(e) = txn.commit() {
+        if !stored.is_empty()
+            && let Err(retract) = journal.retract(record)
+        {
+            tracing::error!(error = %retract, "journal: could not take back an uncommitted group");
+        }
+        return Err(backend_err(e));
+    }
     heads.extend(moved);
     Ok(results)
 }
@@ -668,5 +708,71 @@ impl ChatDirectory for EmbeddedStore {
             Ok(updated)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_message(chat: &str, sender: &str, client_msg_id: &str) -> NewMessage {
+        NewMessage {
+            chat_id: chat.into(),
+            sender_id: sender.into(),
+            client_msg_id: client_msg_id.into(),
+            content: format!("content of {client_msg_id}"),
+            timestamp: 0,
+        }
+    }
+
+    /// Start-up refuses journaled messages that would break id order or
+    /// idempotency (the journal cannot hold them unless it was damaged).
+    #[tokio::test]
+    async fn restore_refuses_what_breaks_order_or_idempotency() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let ids = Arc::new(Snowflake::new(0));
+        let stored = {
+            let store = EmbeddedStore::open(&path, ids.clone()).unwrap();
+            let mut results = store
+                .append(vec![
+                    new_message("c", "alice", "a"),
+                    new_message("c", "alice", "b"),
+                ])
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().message);
+            (results.next().unwrap(), results.next().unwrap())
+        };
+        let (first, newest) = stored;
+        let below_head = Message {
+            id: first.id - 1,
+            client_msg_id: "late".into(),
+            ..first.clone()
+        };
+        let repeat = Message {
+            id: newest.id + 1,
+            ..first.clone()
+        };
+        let fine = Message {
+            id: newest.id + 2,
+            client_msg_id: "c".into(),
+            prev_id: newest.id,
+            ..first.clone()
+        };
+        let (mut journal, _) = Journal::open(&dir.path().join("db.redb.journal")).unwrap();
+        journal.append(&[below_head, repeat, fine.clone()]).unwrap();
+        drop(journal);
+
+        let store = EmbeddedStore::open(&path, ids).unwrap();
+        let ids: Vec<u64> = store
+            .page_after("c", 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [first.id, newest.id, fine.id]);
     }
 }
