@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use host_gateway::backend::{
-    Chat, ChatDirectory, ChatKind, Message, MessageStore, NewMessage, Outbox, PresenceStore,
-    ReceiptKind, Router,
+    Appended, Chat, ChatDirectory, ChatKind, Message, MessageStore, NewMessage, Outbox,
+    PresenceStore, ReceiptKind, Router,
 };
 
 fn new_message(chat: &str, sender: &str, client_id: &str) -> NewMessage {
@@ -40,6 +40,16 @@ fn assert_chained(history: &[Message]) {
 
 /// Appends get increasing ids within a chat, in input order, each linked
 /// to the message before it.
+/// Appends one message, which must succeed.
+async fn append_one(store: &dyn MessageStore, message: NewMessage) -> Appended {
+    store
+        .append(vec![message])
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap()
+}
+
 async fn append_assigns_increasing_ids(store: &dyn MessageStore) {
     let batch = (0..50)
         .map(|i| new_message("c1", "alice", &format!("m{i}")))
@@ -68,12 +78,7 @@ async fn append_assigns_increasing_ids(store: &dyn MessageStore) {
 
 /// A repeated (chat, sender, clientMsgId) returns the first message and stores nothing new.
 async fn append_is_idempotent(store: &dyn MessageStore) {
-    let first = store
-        .append(vec![new_message("c2", "alice", "x")])
-        .await
-        .unwrap()
-        .remove(0)
-        .unwrap();
+    let first = append_one(store, new_message("c2", "alice", "x")).await;
     assert!(!first.duplicate);
     let mut again = new_message("c2", "alice", "x");
     again.content = "different content".into();
@@ -84,21 +89,11 @@ async fn append_is_idempotent(store: &dyn MessageStore) {
         assert_eq!(result.message, first.message);
     }
     // Another sender may use the same client id.
-    let other = store
-        .append(vec![new_message("c2", "bob", "x")])
-        .await
-        .unwrap()
-        .remove(0)
-        .unwrap();
+    let other = append_one(store, new_message("c2", "bob", "x")).await;
     assert!(!other.duplicate);
     assert_eq!(store.page_after("c2", 0, 100).await.unwrap().len(), 2);
     // Client ids are scoped to a chat: the same one elsewhere is a new message.
-    let elsewhere = store
-        .append(vec![new_message("c2b", "alice", "x")])
-        .await
-        .unwrap()
-        .remove(0)
-        .unwrap();
+    let elsewhere = append_one(store, new_message("c2b", "alice", "x")).await;
     assert!(!elsewhere.duplicate);
     assert_eq!(elsewhere.message.chat_id, "c2b");
     // A repeat inside the batch that first stores the message.
@@ -444,29 +439,14 @@ mod embedded {
         let dir = tempfile::tempdir().unwrap();
         let before = {
             let s = store(&dir);
-            s.append(vec![new_message("c", "alice", "a")])
-                .await
-                .unwrap()
-                .remove(0)
-                .unwrap()
-                .message
+            append_one(&s, new_message("c", "alice", "a")).await.message
         };
         let s = store(&dir);
         assert_eq!(s.get("c", before.id).await.unwrap().as_ref(), Some(&before));
-        let again = s
-            .append(vec![new_message("c", "alice", "a")])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let again = append_one(&s, new_message("c", "alice", "a")).await;
         assert!(again.duplicate);
         assert_eq!(again.message.id, before.id);
-        let next = s
-            .append(vec![new_message("c", "alice", "b")])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let next = append_one(&s, new_message("c", "alice", "b")).await;
         assert!(next.message.id > before.id);
     }
 
@@ -497,20 +477,10 @@ mod embedded {
 
         let s = store(&crashed);
         assert_eq!(s.page_after("c", 0, 10).await.unwrap(), acked);
-        let again = s
-            .append(vec![new_message("c", "alice", "a")])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let again = append_one(&s, new_message("c", "alice", "a")).await;
         assert!(again.duplicate);
         assert_eq!(again.message, acked[0]);
-        let next = s
-            .append(vec![new_message("c", "alice", "c")])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let next = append_one(&s, new_message("c", "alice", "c")).await;
         assert_eq!(next.message.prev_id, acked[1].id);
     }
 }
@@ -654,12 +624,7 @@ mod cassandra_backend {
         let s = store_in(&keyspace(), 1, BUCKET_MS).await;
         let mut ids = Vec::new();
         for i in 0..12 {
-            let appended = s
-                .append(vec![new_message("b", "alice", &format!("m{i}"))])
-                .await
-                .unwrap()
-                .remove(0)
-                .unwrap();
+            let appended = append_one(&s, new_message("b", "alice", &format!("m{i}"))).await;
             ids.push(appended.message.id);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -705,12 +670,7 @@ mod cassandra_backend {
         assert_chained(&s.page_after("b", 0, 100).await.unwrap());
         // The first message's bucket is long sealed; a retry of the last one
         // from the previous bucket is found there.
-        let retry = s
-            .append(vec![new_message("b", "alice", "m11")])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap();
+        let retry = append_one(&s, new_message("b", "alice", "m11")).await;
         assert!(retry.duplicate);
         assert_eq!(retry.message.id, ids[11]);
     }

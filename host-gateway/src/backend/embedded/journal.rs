@@ -218,6 +218,16 @@ mod tests {
         }
     }
 
+    /// The ids of the messages `path` gives back when opened.
+    fn ids_in(path: &Path) -> Vec<u64> {
+        Journal::open(path)
+            .unwrap()
+            .1
+            .iter()
+            .map(|m| m.id)
+            .collect()
+    }
+
     /// Records survive reopening, in order.
     #[test]
     fn records_come_back_in_order() {
@@ -228,9 +238,7 @@ mod tests {
         journal.append(&[message(1), message(2)]).unwrap();
         journal.append(&[message(3)]).unwrap();
         drop(journal);
-        let (_, found) = Journal::open(&path).unwrap();
-        let ids: Vec<u64> = found.iter().map(|m| m.id).collect();
-        assert_eq!(ids, [1, 2, 3]);
+        assert_eq!(ids_in(&path), [1, 2, 3]);
     }
 
     /// A torn last record (a crash mid-append) is ignored, and appends after
@@ -255,8 +263,7 @@ mod tests {
         assert_eq!(journal.recorded_bytes(), whole);
         journal.append(&[message(3)]).unwrap();
         drop(journal);
-        let (_, found) = Journal::open(&path).unwrap();
-        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(ids_in(&path), [1, 3]);
     }
 
     /// A record whose bytes changed is not trusted, nor anything after it.
@@ -294,8 +301,7 @@ mod tests {
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
         journal.append(&[message(3)]).unwrap();
         drop(journal);
-        let (_, found) = Journal::open(&path).unwrap();
-        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(ids_in(&path), [1, 3]);
     }
 
     /// After `clear` the journal reopens empty.
@@ -315,7 +321,6 @@ mod tests {
         // the new first one: it must not come back.
         journal.append(&[message(3)]).unwrap();
         drop(journal);
-        let (_, found) = Journal::open(&path).unwrap();
-        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [3]);
+        assert_eq!(ids_in(&path), [3]);
     }
 }
