@@ -228,6 +228,16 @@ mod tests {
             .collect()
     }
 
+    /// A journal at `path` holding messages 1 and 2, one record each, and
+    /// where the second record starts.
+    fn two_records(path: &Path) -> (Journal, u64) {
+        let (mut journal, _) = Journal::open(path).unwrap();
+        journal.append(&[message(1)]).unwrap();
+        let second = journal.end();
+        journal.append(&[message(2)]).unwrap();
+        (journal, second)
+    }
+
     /// Records survive reopening, in order.
     #[test]
     fn records_come_back_in_order() {
@@ -247,20 +257,17 @@ mod tests {
     fn torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
-        journal.append(&[message(1)]).unwrap();
-        let whole = journal.recorded_bytes();
-        journal.append(&[message(2)]).unwrap();
+        let (journal, second) = two_records(&path);
         drop(journal);
         // The second append only partly reached the disk.
         let mut bytes = std::fs::read(&path).unwrap();
-        let torn = FILE_HEADER_BYTES as usize + whole as usize + 12;
+        let torn = second as usize + 12;
         bytes[torn..torn + 20].fill(0);
         std::fs::write(&path, bytes).unwrap();
 
         let (mut journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.recorded_bytes(), whole);
+        assert_eq!(journal.end(), second);
         journal.append(&[message(3)]).unwrap();
         drop(journal);
         assert_eq!(ids_in(&path), [1, 3]);
@@ -271,19 +278,15 @@ mod tests {
     fn corrupt_record_ends_the_journal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
-        journal.append(&[message(1)]).unwrap();
-        let whole = journal.recorded_bytes();
-        journal.append(&[message(2)]).unwrap();
-        let journal_len = journal.recorded_bytes() as usize;
+        let (journal, second) = two_records(&path);
+        let last = journal.end() as usize - 3;
         drop(journal);
         let mut bytes = std::fs::read(&path).unwrap();
-        let last = FILE_HEADER_BYTES as usize + journal_len - 3;
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let (journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.recorded_bytes(), whole);
+        assert_eq!(journal.end(), second);
     }
 
     /// A retracted record does not come back; later ones do.
@@ -291,11 +294,8 @@ mod tests {
     fn retracted_record_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        let (mut journal, _) = Journal::open(&path).unwrap();
-        journal.append(&[message(1)]).unwrap();
-        let from = journal.end();
-        journal.append(&[message(2)]).unwrap();
-        journal.retract(from).unwrap();
+        let (mut journal, second) = two_records(&path);
+        journal.retract(second).unwrap();
         drop(journal);
         let (mut journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
