@@ -107,9 +107,9 @@ struct AppendJob {
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// Age of the oldest journaled group after which the writer checkpoints,
 /// busy or idle. A checkpoint holds the writer for as long as the synced
-/// commit takes (~5-10 ms here under load, more the longer the interval:
-/// 25 ms at 1 s), so shorter is smoother; it still replaces ~400 synced
-/// commits a second with at most ten.
+/// commit takes, which grows with the interval (median 9 ms at 250 ms, 25 ms
+/// at 1 s, under `one-to-one` at half peak), so shorter is smoother; it is
+/// still at most ten synced commits a second instead of one per group.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Makes every commit so far durable in the tree itself (a synced commit
@@ -228,11 +228,11 @@ impl EmbeddedStore {
         // heads now come from the messages themselves.
         txn.delete_table(LEGACY_CHAT_HEADS)?;
         txn.commit()?;
-        if !journaled.is_empty() {
+        if journal.recorded_bytes() > 0 {
             let restored = restore(&db, journaled)?;
             tracing::info!(restored, "store: messages put back from the journal");
+            checkpoint(&db, &mut journal)?;
         }
-        checkpoint(&db, &mut journal)?;
         let db = Arc::new(db);
         let (sender, jobs) = std::sync::mpsc::channel();
         let (writer_db, writer_ids) = (db.clone(), ids.clone());
@@ -280,16 +280,10 @@ impl Heads {
         messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         chat: &str,
     ) -> StoreResult<u64> {
-        if let Some(&head) = self.0.get(chat) {
-            return Ok(head);
+        match self.0.get(chat) {
+            Some(&head) => Ok(head),
+            None => newest_id(messages, chat).map_err(backend_err),
         }
-        let last = messages
-            .range((chat, 0)..=(chat, u64::MAX))
-            .map_err(backend_err)?
-            .next_back()
-            .transpose()
-            .map_err(backend_err)?;
-        Ok(last.map_or(0, |(key, _)| key.value().1))
     }
 
     /// Takes in the heads of a committed transaction.
@@ -299,6 +293,18 @@ impl Heads {
         }
         self.0.extend(committed);
     }
+}
+
+/// The id of the newest message stored in `chat` (0: none).
+fn newest_id(
+    messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    chat: &str,
+) -> Result<u64, redb::StorageError> {
+    let last = messages
+        .range((chat, 0)..=(chat, u64::MAX))?
+        .next_back()
+        .transpose()?;
+    Ok(last.map_or(0, |(key, _)| key.value().1))
 }
 
 /// Stores the journaled messages the file lacks (those of commits after its
@@ -314,13 +320,12 @@ fn restore(db: &Database, journaled: Vec<Message>) -> anyhow::Result<usize> {
     {
         let mut messages = txn.open_table(MESSAGES)?;
         let mut by_client = txn.open_table(SENT_BY_CLIENT_ID)?;
-        let heads = Heads::default();
         for message in journaled {
             let chat = message.chat_id.as_str();
             if messages.get((chat, message.id))?.is_some() {
                 continue;
             }
-            let head = heads.get(&messages, chat)?;
+            let head = newest_id(&messages, chat)?;
             let client_key = (
                 chat,
                 message.sender_id.as_str(),
@@ -357,6 +362,8 @@ fn append_batch(
     // The journal append below is what makes this transaction durable.
     txn.set_durability(Durability::None).map_err(backend_err)?;
     let mut results = Vec::with_capacity(batch.len());
+    // The new messages' rows, which are also what the journal records.
+    let mut rows: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
     // Heads moved by this transaction: they count only once it commits.
     let mut moved = std::collections::HashMap::new();
     {
@@ -404,10 +411,11 @@ fn append_batch(
                 timestamp: new.timestamp,
                 prev_id: head,
             };
-            let bytes = encode(&message)?;
+            let row = encode(&message)?;
             messages
-                .insert((message.chat_id.as_str(), id), bytes.as_slice())
+                .insert((message.chat_id.as_str(), id), row.as_slice())
                 .map_err(backend_err)?;
+            rows.push(row);
             moved.insert(message.chat_id.clone(), id);
             results.push(Ok(Appended {
                 message,
@@ -415,24 +423,19 @@ fn append_batch(
             }));
         }
     }
-    let stored: Vec<Message> = results
-        .iter()
-        .filter_map(|r| match r {
-            Ok(appended) if !appended.duplicate => Some(appended.message.clone()),
-            _ => None,
-        })
-        .collect();
     // On any failure below the group is not acknowledged. A failed append
     // drops (aborts) the transaction; if the journal's sync failed, the
     // record may still be on disk and come back at the next start, which a
     // retry with the same client-msg-id then finds. A failed commit takes
     // the record back, so the journal only ever holds committed groups.
     let record = journal.end();
-    if !stored.is_empty() {
-        journal.append(&stored).map_err(backend_err)?;
+    if !rows.is_empty() {
+        journal
+            .append(rows.iter().map(Vec::as_slice))
+            .map_err(backend_err)?;
     }
     if let Err(e) = txn.commit() {
-        if !stored.is_empty()
+        if !rows.is_empty()
             && let Err(retract) = journal.retract(record)
         {
             tracing::error!(error = %retract, "journal: could not take back an uncommitted group");
@@ -762,7 +765,11 @@ mod tests {
             ..first.clone()
         };
         let (mut journal, _) = Journal::open(&dir.path().join("db.redb.journal")).unwrap();
-        journal.append(&[below_head, repeat, fine.clone()]).unwrap();
+        let rows: Vec<Vec<u8>> = [below_head, repeat, fine.clone()]
+            .iter()
+            .map(|m| encode(m).unwrap())
+            .collect();
+        journal.append(rows.iter().map(Vec::as_slice)).unwrap();
         drop(journal);
 
         let store = EmbeddedStore::open(&path, ids).unwrap();
