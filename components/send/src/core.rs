@@ -7,11 +7,13 @@
 //! the sends queued before it, and a refused `sendMessage` waits in the same
 //! queue, so effects and replies keep the order of the frames.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chat_core::frames;
 use chat_core::ids::parse_message_id;
 use chat_core::receipts::{Marks, Status};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// A client frame, as the host hands it over.
@@ -199,6 +201,51 @@ fn chat_id_field(frame: &Map<String, Value>) -> Result<&str, Refusal> {
     Ok(chat)
 }
 
+/// The fields of a `sendMessage`, before their values are checked.
+///
+/// A well-formed frame deserializes straight into this, borrowing its
+/// strings. Anything else (a missing field, a wrong type, a repeated key)
+/// fails that and is read again as a JSON object, whose refusals name the
+/// field at fault: two paths, one set of answers.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendFields<'a> {
+    #[serde(borrow)]
+    client_msg_id: Cow<'a, str>,
+    #[serde(borrow)]
+    chat_id: Cow<'a, str>,
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    timestamp: i64,
+}
+
+impl<'a> SendFields<'a> {
+    fn from_object(body: &'a Map<String, Value>) -> Result<Self, (Refusal, Option<String>)> {
+        // Echo the client's id in any refusal, when it sent a usable one.
+        let echo = match body.get("clientMsgId") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let fail = |r: Refusal| (r, echo.clone());
+        let client_msg_id = string_field(body, "clientMsgId").map_err(fail)?;
+        let chat_id = string_field(body, "chatId").map_err(fail)?;
+        let content = string_field(body, "content").map_err(fail)?;
+        let timestamp = match body.get("timestamp") {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| fail(Refusal::invalid("timestamp must be an integer (ms)")))?,
+            Some(_) => return Err(fail(Refusal::invalid("timestamp must be an integer (ms)"))),
+            None => return Err(fail(Refusal::invalid("timestamp is required"))),
+        };
+        Ok(Self {
+            client_msg_id: Cow::Borrowed(client_msg_id),
+            chat_id: Cow::Borrowed(chat_id),
+            content: Cow::Borrowed(content),
+            timestamp,
+        })
+    }
+}
+
 impl<P: Platform> Batch<'_, P> {
     fn handle(&mut self, frame: Frame) {
         let result = match frame.kind.as_str() {
@@ -243,21 +290,27 @@ impl<P: Platform> Batch<'_, P> {
     }
 
     fn send_message(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
-        let body = object(&frame.body).map_err(|r| (r, None))?;
-        // Echo the client's id in any refusal, when it sent a usable one.
-        let client_msg_id = match body.get("clientMsgId") {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => None,
+        let parsed;
+        let fields = match serde_json::from_str::<SendFields<'_>>(&frame.body) {
+            Ok(fields) => fields,
+            Err(_) => {
+                parsed = object(&frame.body).map_err(|r| (r, None))?;
+                SendFields::from_object(&parsed)?
+            }
         };
-        let fail = |r: Refusal| (r, client_msg_id.clone());
-        let id = string_field(&body, "clientMsgId").map_err(fail)?;
-        if id.is_empty() || id.chars().count() > 64 {
+        // Echo the client's id in any refusal, now that it is a string.
+        let client_msg_id = fields.client_msg_id.as_ref();
+        let fail = |r: Refusal| (r, Some(client_msg_id.to_owned()));
+        if client_msg_id.is_empty() || client_msg_id.chars().count() > 64 {
             return Err(fail(Refusal::invalid(
                 "clientMsgId must be 1-64 characters",
             )));
         }
-        let chat = chat_id_field(&body).map_err(fail)?;
-        let content = string_field(&body, "content").map_err(fail)?;
+        let chat = fields.chat_id.as_ref();
+        if chat.is_empty() || chat.len() > 200 {
+            return Err(fail(Refusal::invalid("chatId must be 1-200 characters")));
+        }
+        let content = fields.content.as_ref();
         if content.is_empty() {
             return Err(fail(Refusal::invalid("content must not be empty")));
         }
@@ -268,22 +321,15 @@ impl<P: Platform> Batch<'_, P> {
                 format!("content is over {limit} bytes"),
             )));
         }
-        let timestamp = match body.get("timestamp") {
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| fail(Refusal::invalid("timestamp must be an integer (ms)")))?,
-            Some(_) => return Err(fail(Refusal::invalid("timestamp must be an integer (ms)"))),
-            None => return Err(fail(Refusal::invalid("timestamp is required"))),
-        };
         self.chat_of_member(chat, &frame.user_id).map_err(fail)?;
         self.pending.push(PendingSend::Store {
             connection: frame.connection,
             message: NewMessage {
                 chat_id: chat.to_owned(),
                 sender_id: frame.user_id.clone(),
-                client_msg_id: id.to_owned(),
+                client_msg_id: client_msg_id.to_owned(),
                 content: content.to_owned(),
-                timestamp,
+                timestamp: fields.timestamp,
             },
         });
         Ok(())
@@ -704,6 +750,29 @@ mod tests {
     }
 
     /// Missing or mistyped fields are invalid_frame, echoing the clientMsgId; content over the limit is content_too_large.
+    /// Escaped strings are stored unescaped, and a frame the typed reading
+    /// refuses but JSON allows (a repeated key) is stored as JSON reads it.
+    #[test]
+    fn escaped_and_repeated_fields_are_read_as_json_reads_them() {
+        let p = direct();
+        let escaped = frame(
+            1,
+            "alice",
+            json!({"type":"sendMessage","chatId":"dm:alice:bob","content":"say \"hi\"\n\u{e9}","timestamp":1,"clientMsgId":"e\\1"}),
+        );
+        let repeated = Frame {
+            connection: 1,
+            user_id: "alice".into(),
+            kind: "sendMessage".into(),
+            body: r#"{"type":"sendMessage","chatId":"dm:alice:bob","content":"first","content":"last","timestamp":2,"clientMsgId":"r1"}"#.into(),
+        };
+        let stored = handle_frames(&p, vec![escaped, repeated]);
+        let contents: Vec<&str> = stored.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(contents, ["say \"hi\"\n\u{e9}", "last"]);
+        assert_eq!(p.replies()[0].1["clientMsgId"], "e\\1");
+        assert_eq!(p.replies()[1].1["status"], "sent");
+    }
+
     #[test]
     fn validates_fields() {
         let p = direct();

@@ -171,6 +171,11 @@ fn engine() -> anyhow::Result<Engine> {
     config
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // For `perf`: names the compiled components' functions in
+    // /tmp/perf-<pid>.map, which otherwise show up as anonymous JIT code.
+    if std::env::var_os("SWITCHBOARD_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config)?;
     // The ticker holds only a weak handle so it ends with the engine.
     let weak = engine.weak();
