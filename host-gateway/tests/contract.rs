@@ -468,9 +468,9 @@ mod embedded {
             .map(|r| r.unwrap().message)
             .collect::<Vec<_>>();
         let crashed = tempfile::tempdir().unwrap();
-        // The journal first: a checkpoint between the two copies then only
-        // means the file copy already holds what the journal copy lost.
-        for name in ["db.redb.journal", "db.redb"] {
+        // The journals first: a flush between the copies then only means
+        // the file copy already holds what a journal copy lost.
+        for name in ["db.redb.journal.0", "db.redb.journal.1", "db.redb"] {
             std::fs::copy(live.path().join(name), crashed.path().join(name)).unwrap();
         }
         drop(s);

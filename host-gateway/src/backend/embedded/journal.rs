@@ -3,11 +3,10 @@
 //! A synced redb commit writes every B-tree page it touched and then calls
 //! `fdatasync`; on the test machine a `send` call of under three messages,
 //! which waits for it, took ~1.3 ms: the floor under every message's latency. The store's
-//! writer instead appends the group's new messages to this file and syncs it
-//! (one sequential write), then commits the B-tree without syncing. A
-//! checkpoint (a synced redb commit) makes the tree durable on its own every
-//! so often, and the journal starts over. On open, whatever the journal holds
-//! that the tree lacks is put back.
+//! writer instead appends the group's new messages to a journal and syncs it
+//! (one sequential write). A flusher writes many groups to the tree at once
+//! every so often, and then empties the journal they came from. On open,
+//! whatever a journal holds that the tree lacks is put back.
 //!
 //! The file starts with its generation (u64 LE), then records:
 //! `[payload length: u32 LE][CRC-32 of generation, length and payload: u32 LE][payload]`,
@@ -128,28 +127,6 @@ impl Journal {
         Ok(())
     }
 
-    /// Takes back the last record, appended at `from`, whose group was not
-    /// stored after all, so that a restart does not put it back.
-    pub fn retract(&mut self, from: u64) -> io::Result<()> {
-        let zeroed = self
-            .file
-            .seek(SeekFrom::Start(from))
-            .and_then(|_| self.file.write_all(&[0; RECORD_HEADER_BYTES]))
-            .and_then(|()| self.file.sync_data())
-            .and_then(|()| self.file.seek(SeekFrom::Start(from)));
-        if let Err(e) = zeroed {
-            self.broken = true;
-            return Err(e);
-        }
-        self.end = from;
-        Ok(())
-    }
-
-    /// Where the next record goes (see [`Self::retract`]).
-    pub fn end(&self) -> u64 {
-        self.end
-    }
-
     /// Bytes of records since the last [`Self::clear`].
     pub fn recorded_bytes(&self) -> u64 {
         self.end - FILE_HEADER_BYTES
@@ -254,7 +231,7 @@ mod tests {
     fn two_records(path: &Path) -> (Journal, u64) {
         let (mut journal, _) = Journal::open(path).unwrap();
         append(&mut journal, &[1]);
-        let second = journal.end();
+        let second = journal.end;
         append(&mut journal, &[2]);
         (journal, second)
     }
@@ -288,7 +265,7 @@ mod tests {
 
         let (mut journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.end(), second);
+        assert_eq!(journal.end, second);
         append(&mut journal, &[3]);
         drop(journal);
         assert_eq!(ids_in(&path), [1, 3]);
@@ -300,29 +277,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         let (journal, second) = two_records(&path);
-        let last = journal.end() as usize - 3;
+        let last = journal.end as usize - 3;
         drop(journal);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[last] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
         let (journal, found) = Journal::open(&path).unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        assert_eq!(journal.end(), second);
-    }
-
-    /// A retracted record does not come back; later ones do.
-    #[test]
-    fn retracted_record_is_gone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        let (mut journal, second) = two_records(&path);
-        journal.retract(second).unwrap();
-        drop(journal);
-        let (mut journal, found) = Journal::open(&path).unwrap();
-        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
-        append(&mut journal, &[3]);
-        drop(journal);
-        assert_eq!(ids_in(&path), [1, 3]);
+        assert_eq!(journal.end, second);
     }
 
     /// After `clear` the journal reopens empty.

@@ -6,6 +6,7 @@ mod journal;
 mod presence;
 mod router;
 mod store;
+mod unflushed;
 
 pub use presence::InProcessPresence;
 pub use router::InProcessRouter;

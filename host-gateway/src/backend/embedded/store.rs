@@ -1,24 +1,28 @@
 //! Messages, receipts and chats in one redb file.
 //!
-//! redb gives ACID transactions with a single writer, so assigning a message id
-//! and committing the message happen in one write transaction: id order is
-//! commit order, and a reader paging by cursor never skips a message.
-//! Appends from every dispatch lane meet in one writer thread that commits
-//! whatever is queued as one transaction. That transaction is made durable
-//! by the journal (see `journal.rs`): the group's new messages are appended
-//! to it and synced, one sequential write, and the B-tree commit itself is
-//! not synced; a checkpoint every 100 ms (or 4 MiB of journal) syncs the
-//! tree and empties the journal. Other writes (receipts, chats) commit with
-//! an fsync of their own, which also makes the writer's commits before them
-//! durable.
+//! Appends from every dispatch lane meet in one writer thread, which takes
+//! whatever is queued as one group: it assigns each new message the next id
+//! of its chat, appends the group's rows to the journal (see `journal.rs`)
+//! and syncs it, one sequential write, and then acknowledges the group. The
+//! rows wait in memory (see `unflushed.rs`), where every read finds them,
+//! until a flusher thread writes everything gathered over 100 ms (or 4 MiB)
+//! to the B-tree in one synced transaction and the journal it came from is
+//! emptied. So the tree's page writes and its fsync, which cost as much
+//! for a group of three messages as for thousands, are paid ten times a
+//! second, off the path of any acknowledgement. There are two journals: the
+//! writer appends to one while the flusher empties the other.
+//!
+//! Receipts and chats are small and rarer: each commits with an fsync of its own.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::journal::Journal;
+use super::unflushed::{Rows, SharedUnflushed, Unflushed, client_key};
 
 use crate::backend::{
     Appended, Chat, ChatDirectory, Message, MessageStore, NewMessage, Receipt, ReceiptKind,
@@ -45,9 +49,11 @@ const USER_CHATS: TableDefinition<(&str, &str), i64> = TableDefinition::new("use
 pub struct EmbeddedStore {
     db: Arc<Database>,
     ids: Arc<Snowflake>,
-    /// Appends go to one writer thread that commits whatever is queued in
-    /// one transaction (group commit): one fsync serves every dispatch lane.
+    /// Appends go to one writer thread that journals whatever is queued as
+    /// one group: one fsync serves every dispatch lane.
     appends: Arc<Writer>,
+    /// Acknowledged messages the tree does not hold yet.
+    unflushed: SharedUnflushed,
     /// Chats as last committed: every send and every fan-out reads its chat,
     /// and this process is the only writer, so the cache is exact.
     chats: Arc<ChatCache>,
@@ -101,52 +107,99 @@ struct AppendJob {
     reply: tokio::sync::oneshot::Sender<AppendResult>,
 }
 
-/// Journal bytes after which the writer checkpoints: half of what the
-/// journal preallocates, so appends normally land in blocks that exist (a
-/// big group or failing checkpoints grow the file, which is still correct).
-const CHECKPOINT_BYTES: u64 = 4 << 20;
-/// Age of the oldest journaled group after which the writer checkpoints,
-/// busy or idle. A checkpoint holds the writer for as long as the synced
-/// commit takes, which grows with the interval (median 9 ms at 250 ms, 25 ms
-/// at 1 s, under `one-to-one` at half peak), so shorter is smoother; it is
-/// still at most ten synced commits a second instead of one per group.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Journal bytes after which the writer seals its rows for the flusher:
+/// half of what a journal preallocates, so appends normally land in blocks
+/// that exist (a slow or failing flush grows the file, which is still correct).
+const FLUSH_BYTES: u64 = 4 << 20;
+/// Age of the oldest unsealed group after which the writer seals its rows
+/// for the flusher. Longer gathers more groups into each tree transaction
+/// but makes each flush write (and each restart replay) more at once.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// Journal bytes at which the writer stops taking groups until the running
+/// flush is done: memory and journal stay bounded when the tree falls behind.
+const MAX_UNFLUSHED_BYTES: u64 = 64 << 20;
 
-/// Makes every commit so far durable in the tree itself (a synced commit
-/// persists the unsynced ones before it), then empties the journal.
-fn checkpoint(db: &Database, journal: &mut Journal) -> StoreResult<()> {
-    let txn = db.begin_write().map_err(backend_err)?;
-    txn.commit().map_err(backend_err)?;
-    journal.clear().map_err(backend_err)
+/// The two journal files beside a store file at `path`.
+fn journal_paths(path: &Path) -> [std::path::PathBuf; 2] {
+    ["0", "1"].map(|n| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".journal.");
+        name.push(n);
+        name.into()
+    })
+}
+
+/// The single journal file that stores written before the flusher had.
+fn legacy_journal_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".journal");
+    name.into()
+}
+
+/// Rows sealed by the writer, and the journal that holds them, for the flusher.
+struct FlushJob {
+    rows: Arc<Rows>,
+    journal: Journal,
 }
 
 /// The writer thread: takes the first queued job (waiting for it) and
-/// everything queued behind it, appends them in one transaction, and
-/// answers each job with its own slice of the results.
+/// everything queued behind it, journals them as one group, and answers
+/// each job with its own slice of the results.
 fn group_commit_writer(
     db: Arc<Database>,
     ids: Arc<Snowflake>,
-    mut journal: Journal,
+    unflushed: SharedUnflushed,
+    journals: [Journal; 2],
     jobs: std::sync::mpsc::Receiver<AppendJob>,
 ) {
+    let [mut journal, spare] = journals;
+    // The journal not being appended to: here when the flusher is idle.
+    let mut spare = Some(spare);
+    let (flush_jobs, flush_queue) = std::sync::mpsc::channel::<FlushJob>();
+    let (done, emptied) = std::sync::mpsc::channel::<Journal>();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flusher = {
+        let (db, unflushed, stopping) = (db.clone(), unflushed.clone(), stopping.clone());
+        std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher(&db, &unflushed, &stopping, flush_queue, done))
+    };
+    let flusher = match flusher {
+        Ok(thread) => thread,
+        Err(e) => {
+            tracing::error!(error = %e, "store: cannot start the flusher thread");
+            return;
+        }
+    };
     let mut heads = Heads::default();
-    // When the oldest group in the journal was written (or the last failed
-    // checkpoint tried, so that a failing one is retried at this pace).
+    // When the oldest unsealed group was journaled.
     let mut oldest: Option<std::time::Instant> = None;
     loop {
-        let due = journal.recorded_bytes() >= CHECKPOINT_BYTES
-            || oldest.is_some_and(|t| t.elapsed() >= CHECKPOINT_INTERVAL);
-        if journal.recorded_bytes() > 0 && due {
-            // On failure the journal keeps its records and a later round tries again.
-            match checkpoint(&db, &mut journal) {
-                Ok(()) => oldest = None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "store checkpoint failed");
-                    oldest = Some(std::time::Instant::now());
-                }
-            }
+        if spare.is_none() {
+            spare = if journal.recorded_bytes() >= MAX_UNFLUSHED_BYTES {
+                emptied.recv().ok()
+            } else {
+                emptied.try_recv().ok()
+            };
         }
-        let first = match jobs.recv_timeout(CHECKPOINT_INTERVAL) {
+        let due = journal.recorded_bytes() >= FLUSH_BYTES
+            || oldest.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
+        if due && let Some(empty) = spare.take() {
+            let rows = unflushed.write().seal();
+            let full = std::mem::replace(&mut journal, empty);
+            if flush_jobs
+                .send(FlushJob {
+                    rows,
+                    journal: full,
+                })
+                .is_err()
+            {
+                tracing::error!("store: the flusher stopped; appends stop too");
+                break;
+            }
+            oldest = None;
+        }
+        let first = match jobs.recv_timeout(FLUSH_INTERVAL) {
             Ok(job) => job,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -163,7 +216,7 @@ fn group_commit_writer(
             replies.push(job.reply);
         }
         let was_empty = journal.recorded_bytes() == 0;
-        let appended = append_batch(&db, &ids, &mut heads, &mut journal, all);
+        let appended = append_group(&db, &ids, &mut heads, &unflushed, &mut journal, all);
         if was_empty && journal.recorded_bytes() > 0 {
             oldest = Some(std::time::Instant::now());
         }
@@ -181,12 +234,68 @@ fn group_commit_writer(
             }
         }
     }
-    // A clean shutdown leaves the journal empty.
-    if journal.recorded_bytes() > 0
-        && let Err(e) = checkpoint(&db, &mut journal)
-    {
-        tracing::warn!(error = %e, "store checkpoint at shutdown failed");
+    // A clean shutdown leaves the journals empty: the running flush (if
+    // any) finishes, then the rest goes in a last one. A flush that fails
+    // now is not retried: the journals keep its rows for the next start.
+    stopping.store(true, Ordering::Relaxed);
+    if spare.is_none() {
+        let _ = emptied.recv();
     }
+    if !unflushed.read().active_is_empty() {
+        let rows = unflushed.write().seal();
+        let _ = flush_jobs.send(FlushJob { rows, journal });
+    }
+    drop(flush_jobs);
+    let _ = flusher.join();
+}
+
+/// The flusher thread: writes each sealed set of rows to the tree in one
+/// synced transaction, then empties the journal that held them and hands
+/// it back to the writer.
+fn flusher(
+    db: &Database,
+    unflushed: &SharedUnflushed,
+    stopping: &AtomicBool,
+    queue: std::sync::mpsc::Receiver<FlushJob>,
+    done: std::sync::mpsc::Sender<Journal>,
+) {
+    for FlushJob { rows, mut journal } in queue {
+        // Until the tree has the rows, the journal must keep them: retry.
+        // At shutdown, give up instead; the next start replays the journal.
+        while let Err(e) = write_rows(db, &rows) {
+            if stopping.load(Ordering::Relaxed) {
+                tracing::warn!(error = %e, "store: the last flush failed; the journal keeps its rows");
+                return;
+            }
+            tracing::warn!(error = %e, "store: flushing to the tree failed; retrying");
+            std::thread::sleep(FLUSH_INTERVAL);
+        }
+        // A journal that fails to empty refuses appends from then on (see
+        // `Journal`); its records are in the tree, so a restart skips them.
+        if let Err(e) = journal.clear() {
+            tracing::error!(error = %e, "store: emptying a journal failed");
+        }
+        unflushed.write().flushed();
+        if done.send(journal).is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes flushed rows and their idempotency entries in one synced transaction.
+fn write_rows(db: &Database, rows: &Rows) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(backend_err)?;
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(backend_err)?;
+        for (chat, id, row) in rows.rows() {
+            messages.insert((chat, id), row).map_err(backend_err)?;
+        }
+        let mut by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
+        for (key, id) in rows.client_ids() {
+            by_client.insert(key, id).map_err(backend_err)?;
+        }
+    }
+    txn.commit().map_err(backend_err)
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -214,9 +323,6 @@ impl EmbeddedStore {
     /// the file lacks.
     pub fn open(path: &Path, ids: Arc<Snowflake>) -> anyhow::Result<Self> {
         let db = Database::create(path)?;
-        let mut journal_path = path.as_os_str().to_owned();
-        journal_path.push(".journal");
-        let (mut journal, journaled) = Journal::open(Path::new(&journal_path))?;
         // Create every table up front so read transactions never meet a missing one.
         let txn = db.begin_write()?;
         txn.open_table(MESSAGES)?;
@@ -228,17 +334,39 @@ impl EmbeddedStore {
         // heads now come from the messages themselves.
         txn.delete_table(LEGACY_CHAT_HEADS)?;
         txn.commit()?;
-        if journal.recorded_bytes() > 0 {
+
+        let [first, second] = journal_paths(path);
+        let (mut first, mut journaled) = Journal::open(&first)?;
+        let (mut second, more) = Journal::open(&second)?;
+        journaled.extend(more);
+        let legacy = legacy_journal_path(path);
+        if legacy.exists() {
+            let (_, old) = Journal::open(&legacy)?;
+            journaled.extend(old);
+        }
+        if !journaled.is_empty() {
             let restored = restore(&db, journaled)?;
             tracing::info!(restored, "store: messages put back from the journal");
-            checkpoint(&db, &mut journal)?;
         }
+        // Restored or not, what the journals held is in the tree now.
+        for journal in [&mut first, &mut second] {
+            if journal.recorded_bytes() > 0 {
+                journal.clear()?;
+            }
+        }
+        if legacy.exists() {
+            std::fs::remove_file(&legacy)?;
+        }
+
         let db = Arc::new(db);
+        let unflushed = SharedUnflushed::default();
         let (sender, jobs) = std::sync::mpsc::channel();
-        let (writer_db, writer_ids) = (db.clone(), ids.clone());
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || group_commit_writer(writer_db, writer_ids, journal, jobs))?;
+        let thread = {
+            let (db, ids, unflushed) = (db.clone(), ids.clone(), unflushed.clone());
+            std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || group_commit_writer(db, ids, unflushed, [first, second], jobs))?
+        };
         let appends = Arc::new(Writer {
             jobs: Some(sender),
             thread: Some(thread),
@@ -247,6 +375,7 @@ impl EmbeddedStore {
             db,
             ids,
             appends,
+            unflushed,
             chats: Arc::default(),
         })
     }
@@ -267,7 +396,8 @@ impl EmbeddedStore {
 
 /// The newest message id of each chat the writer appended to lately. The
 /// writer thread is the only one adding messages, so an entry stays exact;
-/// a chat not in the map gets its head from its last stored message.
+/// a chat not in the map gets its head from its newest unflushed or stored
+/// message.
 #[derive(Default)]
 struct Heads(std::collections::HashMap<String, u64>);
 
@@ -277,21 +407,25 @@ impl Heads {
 
     fn get(
         &self,
+        unflushed: &Unflushed,
         messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
         chat: &str,
     ) -> StoreResult<u64> {
-        match self.0.get(chat) {
-            Some(&head) => Ok(head),
+        if let Some(&head) = self.0.get(chat) {
+            return Ok(head);
+        }
+        match unflushed.newest(chat) {
+            Some(head) => Ok(head),
             None => newest_id(messages, chat).map_err(backend_err),
         }
     }
 
-    /// Takes in the heads of a committed transaction.
-    fn extend(&mut self, committed: std::collections::HashMap<String, u64>) {
-        if self.0.len() + committed.len() > Self::CAPACITY {
+    /// Takes in the heads of a journaled group.
+    fn extend(&mut self, moved: std::collections::HashMap<String, u64>) {
+        if self.0.len() + moved.len() > Self::CAPACITY {
             self.0.clear();
         }
-        self.0.extend(committed);
+        self.0.extend(moved);
     }
 }
 
@@ -307,14 +441,17 @@ fn newest_id(
     Ok(last.map_or(0, |(key, _)| key.value().1))
 }
 
-/// Stores the journaled messages the file lacks (those of commits after its
-/// last synced one), with their index entries; returns how many.
+/// Stores the journaled messages the file lacks (those acknowledged after
+/// its last flush), with their index entries, in one synced transaction;
+/// returns how many.
 ///
-/// The journal holds committed groups in commit order and the file holds a
-/// prefix of them, so every missing message is above its chat's newest
-/// stored one and its client-msg-id is free. One that is not is refused
-/// (and logged) rather than let it break id order or idempotency.
-fn restore(db: &Database, journaled: Vec<Message>) -> anyhow::Result<usize> {
+/// Ids grow in the order messages were journaled, and the file holds every
+/// message of a chat up to some point, so every missing message is above
+/// its chat's newest stored one and its client-msg-id is free. One that is
+/// not is refused (and logged) rather than let it break id order or
+/// idempotency.
+fn restore(db: &Database, mut journaled: Vec<Message>) -> anyhow::Result<usize> {
+    journaled.sort_by_key(|m| m.id);
     let txn = db.begin_write()?;
     let mut restored = 0;
     {
@@ -351,57 +488,79 @@ fn restore(db: &Database, journaled: Vec<Message>) -> anyhow::Result<usize> {
     Ok(restored)
 }
 
-fn append_batch(
+/// Assigns ids to a group's new messages, journals them, and makes them
+/// readable; a repeated client-msg-id gets the message stored under it.
+fn append_group(
     db: &Database,
     ids: &Snowflake,
     heads: &mut Heads,
+    unflushed: &SharedUnflushed,
     journal: &mut Journal,
     batch: Vec<NewMessage>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
-    let mut txn = db.begin_write().map_err(backend_err)?;
-    // The journal append below is what makes this transaction durable.
-    txn.set_durability(Durability::None).map_err(backend_err)?;
     let mut results = Vec::with_capacity(batch.len());
-    // The new messages' rows, which are also what the journal records.
-    let mut rows: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
-    // Heads moved by this transaction: they count only once it commits.
+    // The new messages: client key, row (also what the journal records).
+    let mut fresh: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch.len());
+    // Heads moved by this group: they count only once it is journaled.
     let mut moved = std::collections::HashMap::new();
+    // Where each new client key sits in `results`, for repeats within the group.
+    let mut in_group = std::collections::HashMap::new();
     {
-        let mut messages = txn.open_table(MESSAGES).map_err(backend_err)?;
-        let mut by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
+        // The unflushed rows before the tree (see `unflushed.rs`).
+        let recent = unflushed.read();
+        let txn = db.begin_read().map_err(backend_err)?;
+        let messages = txn.open_table(MESSAGES).map_err(backend_err)?;
+        let by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
         for new in batch {
-            let head = match moved.get(&new.chat_id) {
-                Some(&head) => head,
-                None => heads.get(&messages, &new.chat_id)?,
-            };
-            let id = ids.next_after(head);
-            let client_key = (
-                new.chat_id.as_str(),
-                new.sender_id.as_str(),
-                new.client_msg_id.as_str(),
-            );
-            // One B-tree walk for the common case: the insert itself tells
-            // whether the key was taken, and a repeat puts the old id back.
-            let earlier = by_client
-                .insert(client_key, id)
-                .map_err(backend_err)?
-                .map(|g| g.value());
-            if let Some(earlier) = earlier {
-                by_client.insert(client_key, earlier).map_err(backend_err)?;
-                let stored = messages
-                    .get((new.chat_id.as_str(), earlier))
-                    .map_err(backend_err)?
-                    .ok_or_else(|| {
-                        StoreError::Unavailable(
-                            "idempotency index points at a missing message".into(),
-                        )
-                    })?;
+            let key = client_key(&new.chat_id, &new.sender_id, &new.client_msg_id);
+            if let Some(&at) = in_group.get(&key) {
+                let first: &StoreResult<Appended> = &results[at];
+                let message = first
+                    .as_ref()
+                    .map(|a| a.message.clone())
+                    .map_err(Clone::clone)?;
                 results.push(Ok(Appended {
-                    message: decode(stored.value())?,
+                    message,
                     duplicate: true,
                 }));
                 continue;
             }
+            let earlier = match recent.client_id(&key) {
+                Some(id) => Some(id),
+                None => by_client
+                    .get((
+                        new.chat_id.as_str(),
+                        new.sender_id.as_str(),
+                        new.client_msg_id.as_str(),
+                    ))
+                    .map_err(backend_err)?
+                    .map(|g| g.value()),
+            };
+            if let Some(earlier) = earlier {
+                let row = match recent.get(&new.chat_id, earlier) {
+                    Some(row) => row,
+                    None => messages
+                        .get((new.chat_id.as_str(), earlier))
+                        .map_err(backend_err)?
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "idempotency index points at a missing message".into(),
+                            )
+                        })?
+                        .value()
+                        .to_vec(),
+                };
+                results.push(Ok(Appended {
+                    message: decode(&row)?,
+                    duplicate: true,
+                }));
+                continue;
+            }
+            let head = match moved.get(&new.chat_id) {
+                Some(&head) => head,
+                None => heads.get(&recent, &messages, &new.chat_id)?,
+            };
+            let id = ids.next_after(head);
             let message = Message {
                 id,
                 chat_id: new.chat_id,
@@ -411,11 +570,8 @@ fn append_batch(
                 timestamp: new.timestamp,
                 prev_id: head,
             };
-            let row = encode(&message)?;
-            messages
-                .insert((message.chat_id.as_str(), id), row.as_slice())
-                .map_err(backend_err)?;
-            rows.push(row);
+            fresh.push((key.clone(), encode(&message)?));
+            in_group.insert(key, results.len());
             moved.insert(message.chat_id.clone(), id);
             results.push(Ok(Appended {
                 message,
@@ -423,24 +579,26 @@ fn append_batch(
             }));
         }
     }
-    // On any failure below the group is not acknowledged. A failed append
-    // drops (aborts) the transaction; if the journal's sync failed, the
-    // record may still be on disk and come back at the next start, which a
-    // retry with the same client-msg-id then finds. A failed commit takes
-    // the record back, so the journal only ever holds committed groups.
-    let record = journal.end();
-    if !rows.is_empty() {
-        journal
-            .append(rows.iter().map(Vec::as_slice))
-            .map_err(backend_err)?;
+    if fresh.is_empty() {
+        return Ok(results);
     }
-    if let Err(e) = txn.commit() {
-        if !rows.is_empty()
-            && let Err(retract) = journal.retract(record)
-        {
-            tracing::error!(error = %retract, "journal: could not take back an uncommitted group");
+    // Not acknowledged unless synced. If the sync failed, the record may
+    // still be on disk and come back at the next start, which a retry with
+    // the same client-msg-id then finds.
+    journal
+        .append(fresh.iter().map(|(_, row)| row.as_slice()))
+        .map_err(backend_err)?;
+    {
+        let mut recent = unflushed.write();
+        let rows = recent.active_mut();
+        let new_messages = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|a| !a.duplicate);
+        for ((key, row), appended) in fresh.into_iter().zip(new_messages) {
+            let m = &appended.message;
+            rows.insert(&m.chat_id, m.id, key, row);
         }
-        return Err(backend_err(e));
     }
     heads.extend(moved);
     Ok(results)
@@ -467,38 +625,54 @@ impl MessageStore for EmbeddedStore {
         limit: u32,
     ) -> StoreResult<Vec<Message>> {
         let chat = chat.to_owned();
+        let unflushed = self.unflushed.clone();
         self.blocking(move |db, _| {
-            let txn = db.begin_read().map_err(backend_err)?;
-            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let limit = limit as usize;
             let end = before.unwrap_or(u64::MAX);
-            let range = table
-                .range((chat.as_str(), 0)..(chat.as_str(), end))
-                .map_err(backend_err)?;
-            let mut out = Vec::new();
-            for row in range.rev().take(limit as usize) {
-                let (_, value) = row.map_err(backend_err)?;
-                out.push(decode(value.value())?);
+            // Unflushed rows are the chat's newest: only what they lack
+            // comes from the tree (read second: see `unflushed.rs`).
+            let mut rows = unflushed.read().before(&chat, end, limit);
+            if rows.len() < limit {
+                let end = rows.last().map_or(end, |&(id, _)| id);
+                let txn = db.begin_read().map_err(backend_err)?;
+                let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+                let range = table
+                    .range((chat.as_str(), 0)..(chat.as_str(), end))
+                    .map_err(backend_err)?;
+                for row in range.rev().take(limit - rows.len()) {
+                    let (key, value) = row.map_err(backend_err)?;
+                    rows.push((key.value().1, value.value().to_vec()));
+                }
             }
-            Ok(out)
+            rows.iter().map(|(_, row)| decode(row)).collect()
         })
         .await
     }
 
     async fn page_after(&self, chat: &str, after: u64, limit: u32) -> StoreResult<Vec<Message>> {
         let chat = chat.to_owned();
+        let unflushed = self.unflushed.clone();
         self.blocking(move |db, _| {
-            let txn = db.begin_read().map_err(backend_err)?;
-            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let limit = limit as usize;
             let Some(start) = after.checked_add(1) else {
                 return Ok(Vec::new());
             };
+            // The tree holds the older rows, but is read second (see
+            // `unflushed.rs`); a row in both counts once.
+            let recent = unflushed.read().after(&chat, after, limit);
+            let txn = db.begin_read().map_err(backend_err)?;
+            let table = txn.open_table(MESSAGES).map_err(backend_err)?;
+            let stored_end = recent.first().map_or(u64::MAX, |&(id, _)| id);
             let range = table
-                .range((chat.as_str(), start)..=(chat.as_str(), u64::MAX))
+                .range((chat.as_str(), start)..(chat.as_str(), stored_end))
                 .map_err(backend_err)?;
             let mut out = Vec::new();
-            for row in range.take(limit as usize) {
+            for row in range.take(limit) {
                 let (_, value) = row.map_err(backend_err)?;
                 out.push(decode(value.value())?);
+            }
+            for (_, row) in recent.iter().take(limit - out.len()) {
+                out.push(decode(row)?);
             }
             Ok(out)
         })
@@ -507,7 +681,11 @@ impl MessageStore for EmbeddedStore {
 
     async fn get(&self, chat: &str, id: u64) -> StoreResult<Option<Message>> {
         let chat = chat.to_owned();
+        let unflushed = self.unflushed.clone();
         self.blocking(move |db, _| {
+            if let Some(row) = unflushed.read().get(&chat, id) {
+                return decode(&row).map(Some);
+            }
             let txn = db.begin_read().map_err(backend_err)?;
             let table = txn.open_table(MESSAGES).map_err(backend_err)?;
             let row = table.get((chat.as_str(), id)).map_err(backend_err)?;
@@ -764,7 +942,8 @@ mod tests {
             prev_id: newest.id,
             ..first.clone()
         };
-        let (mut journal, _) = Journal::open(&dir.path().join("db.redb.journal")).unwrap();
+        // The second journal: start-up reads both.
+        let (mut journal, _) = Journal::open(&journal_paths(&path)[1]).unwrap();
         let rows: Vec<Vec<u8>> = [below_head, repeat, fine.clone()]
             .iter()
             .map(|m| encode(m).unwrap())
@@ -781,5 +960,126 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, [first.id, newest.id, fine.id]);
+    }
+
+    /// Waits until the flusher has moved every row to the tree.
+    async fn until_flushed(store: &EmbeddedStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store.unflushed.read().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no flush in 10 s");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn append_one(store: &EmbeddedStore, message: NewMessage) -> Appended {
+        store
+            .append(vec![message])
+            .await
+            .unwrap()
+            .remove(0)
+            .unwrap()
+    }
+
+    /// A chat whose older messages were flushed to the tree and whose newer
+    /// ones were not reads as one history, and repeats of either are found.
+    #[tokio::test]
+    async fn reads_and_repeats_span_flushed_and_unflushed_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(&dir.path().join("db.redb"), Arc::new(Snowflake::new(0))).unwrap();
+        let a = append_one(&store, new_message("c", "alice", "a"))
+            .await
+            .message;
+        let b = append_one(&store, new_message("c", "bob", "b"))
+            .await
+            .message;
+        until_flushed(&store).await;
+        let c = append_one(&store, new_message("c", "alice", "c"))
+            .await
+            .message;
+        assert!(!store.unflushed.read().is_empty());
+        assert_eq!(c.prev_id, b.id);
+
+        let all = vec![a.clone(), b.clone(), c.clone()];
+        assert_eq!(store.page_after("c", 0, 10).await.unwrap(), all);
+        assert_eq!(
+            store.page_after("c", a.id, 1).await.unwrap(),
+            std::slice::from_ref(&b)
+        );
+        assert_eq!(
+            store.page_before("c", None, 2).await.unwrap(),
+            [c.clone(), b.clone()]
+        );
+        assert_eq!(
+            store.page_before("c", Some(c.id), 5).await.unwrap(),
+            [b.clone(), a.clone()]
+        );
+        assert_eq!(store.get("c", a.id).await.unwrap(), Some(a.clone()));
+        assert_eq!(store.get("c", c.id).await.unwrap(), Some(c.clone()));
+
+        for (client_id, original) in [("a", &a), ("c", &c)] {
+            let again = append_one(&store, new_message("c", "alice", client_id)).await;
+            assert!(again.duplicate, "{client_id}");
+            assert_eq!(&again.message, original);
+        }
+        // A repeat inside one group is that group's new message.
+        let group = store
+            .append(vec![
+                new_message("c", "bob", "d"),
+                new_message("c", "bob", "d"),
+            ])
+            .await
+            .unwrap();
+        let (first, second) = (group[0].as_ref().unwrap(), group[1].as_ref().unwrap());
+        assert!(!first.duplicate && second.duplicate);
+        assert_eq!(first.message, second.message);
+    }
+
+    /// While messages are appended and flushed, a reader sees every message
+    /// acknowledged before its read began, in order, with no gaps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_miss_an_acknowledged_message_across_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            EmbeddedStore::open(&dir.path().join("db.redb"), Arc::new(Snowflake::new(0))).unwrap();
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writer = {
+            let (store, acked) = (store.clone(), acked.clone());
+            tokio::spawn(async move {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+                let mut n = 0;
+                while std::time::Instant::now() < until {
+                    let m = append_one(&store, new_message("c", "alice", &n.to_string())).await;
+                    acked.store(m.message.id, Ordering::SeqCst);
+                    n += 1;
+                }
+                n
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() {
+            let newest_acked = acked.load(Ordering::SeqCst);
+            let oldest_first = store.page_after("c", 0, u32::MAX).await.unwrap();
+            let mut newest_first = store.page_before("c", None, u32::MAX).await.unwrap();
+            newest_first.reverse();
+            for page in [oldest_first, newest_first] {
+                let mut prev = 0;
+                for m in &page {
+                    assert_eq!(m.prev_id, prev, "a gap before {}", m.id);
+                    prev = m.id;
+                }
+                assert!(
+                    prev >= newest_acked,
+                    "missed acknowledged message {newest_acked}"
+                );
+            }
+            reads += 1;
+        }
+        let appended = writer.await.unwrap();
+        assert!(appended > 0 && reads > 0);
+        assert_eq!(
+            store.page_after("c", 0, u32::MAX).await.unwrap().len(),
+            appended
+        );
     }
 }
