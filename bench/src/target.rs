@@ -163,6 +163,8 @@ impl Target {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(std::net::SocketAddr::from(([127, 0, 0, source.max(1)], 0)))?;
         let stream = socket.connect(addr).await?;
+        // As browsers and mobile WebSocket clients do.
+        stream.set_nodelay(true)?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             url,
             MaybeTlsStream::Plain(stream),

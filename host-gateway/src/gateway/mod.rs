@@ -249,6 +249,14 @@ pub async fn run(
         tracing::info!("shutting down: closing connections");
         let _ = closer.shutdown_trigger.send(true);
     };
+    // Frames are small and latency-bound: without TCP_NODELAY, Nagle's
+    // algorithm holds a small write back while an earlier one is unacked,
+    // and the peer's delayed ack can make that tens of milliseconds.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, routes)
         .with_graceful_shutdown(shutdown)
         .await
