@@ -259,6 +259,7 @@ fn flusher(
     queue: std::sync::mpsc::Receiver<FlushJob>,
     done: std::sync::mpsc::Sender<Journal>,
 ) {
+    yield_to_latency_bound_threads();
     for FlushJob { rows, mut journal } in queue {
         // Until the tree has the rows, the journal must keep them: retry.
         // At shutdown, give up instead; the next start replays the journal.
@@ -279,6 +280,21 @@ fn flusher(
         if done.send(journal).is_err() {
             return;
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (nice 10).
+///
+/// A flush is ~100 ms of B-tree work every 100 ms under load, on as few as
+/// two cores shared with the socket tasks and the writer that every ack
+/// waits for; at equal priority the scheduler preempts those for slices of
+/// several milliseconds. The flusher's work can wait: its journal holds the
+/// rows meanwhile, and the writer stops only when 64 MiB are unflushed.
+fn yield_to_latency_bound_threads() {
+    // On Linux a nice value belongs to the thread whose id is given.
+    let this_thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(this_thread), 10) {
+        tracing::debug!(error = %e, "store: could not lower the flusher's priority");
     }
 }
 
