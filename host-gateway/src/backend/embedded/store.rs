@@ -987,13 +987,15 @@ mod tests {
         }
     }
 
+    /// Appends a batch whose every message must be answered without error.
+    async fn append_all(store: &EmbeddedStore, batch: Vec<NewMessage>) -> Vec<Appended> {
+        let results = store.append(batch).await.unwrap();
+        results.into_iter().map(Result::unwrap).collect()
+    }
+
     async fn append_one(store: &EmbeddedStore, message: NewMessage) -> Appended {
-        store
-            .append(vec![message])
-            .await
-            .unwrap()
-            .remove(0)
-            .unwrap()
+        let mut appended = append_all(store, vec![message]).await;
+        appended.remove(0)
     }
 
     /// A chat whose older messages were flushed to the tree and whose newer
@@ -1039,14 +1041,12 @@ mod tests {
             assert_eq!(&again.message, original);
         }
         // A repeat inside one group is that group's new message.
-        let group = store
-            .append(vec![
-                new_message("c", "bob", "d"),
-                new_message("c", "bob", "d"),
-            ])
-            .await
-            .unwrap();
-        let (first, second) = (group[0].as_ref().unwrap(), group[1].as_ref().unwrap());
+        let group = append_all(
+            &store,
+            vec![new_message("c", "bob", "d"), new_message("c", "bob", "d")],
+        )
+        .await;
+        let (first, second) = (&group[0], &group[1]);
         assert!(!first.duplicate && second.duplicate);
         assert_eq!(first.message, second.message);
     }
