@@ -109,15 +109,19 @@ struct AppendJob {
 
 /// Journal bytes after which the writer seals its rows for the flusher:
 /// half of what a journal preallocates, so appends normally land in blocks
-/// that exist (a slow or failing flush grows the file, which is still correct).
+/// that exist. While a flush runs the writer goes on appending, so a slow
+/// one grows the file (still correct; each sync then updates its size too).
 const FLUSH_BYTES: u64 = 4 << 20;
 /// Age of the oldest unsealed group after which the writer seals its rows
-/// for the flusher. Longer gathers more groups into each tree transaction
+/// for the flusher (or as soon as the previous flush is done, if later). Longer gathers more groups into each tree transaction
 /// but makes each flush write (and each restart replay) more at once.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// Journal bytes at which the writer stops taking groups until the running
 /// flush is done: memory and journal stay bounded when the tree falls behind.
 const MAX_UNFLUSHED_BYTES: u64 = 64 << 20;
+/// How long a group waits for a running flush at `MAX_UNFLUSHED_BYTES`
+/// before it is refused (the client retries).
+const BEHIND_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The two journal files beside a store file at `path`.
 fn journal_paths(path: &Path) -> [std::path::PathBuf; 2] {
@@ -174,13 +178,20 @@ fn group_commit_writer(
     let mut heads = Heads::default();
     // When the oldest unsealed group was journaled.
     let mut oldest: Option<std::time::Instant> = None;
+    // Client keys of groups whose journal append failed: such a record may
+    // still be on disk and come back at the next start, so storing a retry
+    // under a new id now could be undone by that restore.
+    let mut unsure = std::collections::HashSet::new();
     loop {
         if spare.is_none() {
-            spare = if journal.recorded_bytes() >= MAX_UNFLUSHED_BYTES {
-                emptied.recv().ok()
-            } else {
-                emptied.try_recv().ok()
-            };
+            match emptied.try_recv() {
+                Ok(empty) => spare = Some(empty),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    tracing::error!("store: the flusher stopped; appends stop too");
+                    break;
+                }
+            }
         }
         let due = journal.recorded_bytes() >= FLUSH_BYTES
             || oldest.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL);
@@ -208,6 +219,30 @@ fn group_commit_writer(
         while let Ok(job) = jobs.try_recv() {
             group.push(job);
         }
+        if spare.is_none() && journal.recorded_bytes() >= MAX_UNFLUSHED_BYTES {
+            // Behind the disk: wait a while for the running flush, then
+            // refuse rather than let memory and the journal grow unbounded.
+            let refused = match emptied.recv_timeout(BEHIND_WAIT) {
+                Ok(empty) => {
+                    spare = Some(empty);
+                    None
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Some(false),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Some(true),
+            };
+            if let Some(stopped) = refused {
+                for job in group {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(
+                        "the store is behind writing to disk; retry".into(),
+                    )));
+                }
+                if stopped {
+                    tracing::error!("store: the flusher stopped; appends stop too");
+                    break;
+                }
+                continue;
+            }
+        }
         let sizes: Vec<usize> = group.iter().map(|j| j.batch.len()).collect();
         let mut replies = Vec::with_capacity(group.len());
         let mut all = Vec::with_capacity(sizes.iter().sum());
@@ -216,7 +251,15 @@ fn group_commit_writer(
             replies.push(job.reply);
         }
         let was_empty = journal.recorded_bytes() == 0;
-        let appended = append_group(&db, &ids, &mut heads, &unflushed, &mut journal, all);
+        let appended = append_group(
+            &db,
+            &ids,
+            &mut heads,
+            &mut unsure,
+            &unflushed,
+            &mut journal,
+            all,
+        );
         if was_empty && journal.recorded_bytes() > 0 {
             oldest = Some(std::time::Instant::now());
         }
@@ -241,8 +284,13 @@ fn group_commit_writer(
     if spare.is_none() {
         let _ = emptied.recv();
     }
-    if !unflushed.read().active_is_empty() {
-        let rows = unflushed.write().seal();
+    let last = {
+        let mut recent = unflushed.write();
+        // Still flushing: the flusher gave up (or died) and its journal
+        // keeps those rows; this one keeps the active ones.
+        (!recent.active_is_empty() && !recent.is_flushing()).then(|| recent.seal())
+    };
+    if let Some(rows) = last {
         let _ = flush_jobs.send(FlushJob { rows, journal });
     }
     drop(flush_jobs);
@@ -292,9 +340,12 @@ fn flusher(
 /// rows meanwhile, and the writer stops only when 64 MiB are unflushed.
 fn yield_to_latency_bound_threads() {
     // On Linux a nice value belongs to the thread whose id is given.
-    let this_thread = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(this_thread), 10) {
-        tracing::debug!(error = %e, "store: could not lower the flusher's priority");
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let this_thread = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(this_thread), 10) {
+            tracing::debug!(error = %e, "store: could not lower the flusher's priority");
+        }
     }
 }
 
@@ -334,9 +385,9 @@ fn encode<T: serde::Serialize>(value: &T) -> StoreResult<Vec<u8>> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file at `path`, with its journal beside
-    /// it (`path` + `.journal`), and puts back what the journal holds that
-    /// the file lacks.
+    /// Opens (or creates) the store file at `path`, with its two journals
+    /// beside it (`path` + `.journal.0` and `.journal.1`), and puts back
+    /// what the journals hold that the file lacks.
     pub fn open(path: &Path, ids: Arc<Snowflake>) -> anyhow::Result<Self> {
         let db = Database::create(path)?;
         // Create every table up front so read transactions never meet a missing one.
@@ -510,6 +561,7 @@ fn append_group(
     db: &Database,
     ids: &Snowflake,
     heads: &mut Heads,
+    unsure: &mut std::collections::HashSet<String>,
     unflushed: &SharedUnflushed,
     journal: &mut Journal,
     batch: Vec<NewMessage>,
@@ -529,6 +581,13 @@ fn append_group(
         let by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
         for new in batch {
             let key = client_key(&new.chat_id, &new.sender_id, &new.client_msg_id);
+            if unsure.contains(&key) {
+                results.push(Err(StoreError::Unavailable(
+                    "an earlier attempt of this message may be stored; it is known after a restart"
+                        .into(),
+                )));
+                continue;
+            }
             if let Some(&at) = in_group.get(&key) {
                 let first: &StoreResult<Appended> = &results[at];
                 let message = first
@@ -601,9 +660,10 @@ fn append_group(
     // Not acknowledged unless synced. If the sync failed, the record may
     // still be on disk and come back at the next start, which a retry with
     // the same client-msg-id then finds.
-    journal
-        .append(fresh.iter().map(|(_, row)| row.as_slice()))
-        .map_err(backend_err)?;
+    if let Err(e) = journal.append(fresh.iter().map(|(_, row)| row.as_slice())) {
+        unsure.extend(fresh.into_iter().map(|(key, _)| key));
+        return Err(backend_err(e));
+    }
     {
         let mut recent = unflushed.write();
         let rows = recent.active_mut();

@@ -8,9 +8,11 @@
 //! always in at least one of the two places the reader looks (possibly in
 //! both, which the reader dedupes by id).
 //!
-//! Within a chat every row here is newer than every row in the tree: the
-//! writer assigns ids in increasing order, and rows reach the tree in the
-//! order they were written.
+//! Within a chat every row here is newer than every row in the tree, except
+//! the flushed rows themselves between the tree's commit and their removal
+//! from here: the writer assigns ids in increasing order, and rows reach the
+//! tree in the order they were written. Readers bound their tree range by
+//! the rows found here, so those few count once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -92,6 +94,11 @@ impl Unflushed {
 
     pub fn active_is_empty(&self) -> bool {
         self.active.is_empty()
+    }
+
+    /// Whether sealed rows wait for (or are being written by) the flusher.
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.is_some()
     }
 
     /// Whether the tree holds every row.
