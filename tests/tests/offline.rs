@@ -5,24 +5,36 @@ use std::time::Duration;
 use serde_json::json;
 use switchboard_e2e::{Client, Server, TIMESTAMP, ids, messages};
 
-/// Waits until the sender's other device has received `ids`: their live
-/// fan-out is over, so a device connecting afterwards must not get them.
-async fn fanned_out(other_device: &mut Client, ids: &[String]) {
+/// Waits until the recipient's device that stayed online, on another
+/// gateway than the sender's (see [`sender_and_online_recipient`]), has
+/// received `ids`: their live fan-out to that user is then over everywhere,
+/// so a device connecting afterwards must not get them. A device on the
+/// sender's gateway would not do: its copy is delivered at once, while the
+/// other gateways' connections are looked up after it.
+async fn fanned_out(online_device: &mut Client, ids: &[String]) {
     for id in ids {
-        let got = other_device.recv_type("receiveMessage").await;
+        let got = online_device.recv_type("receiveMessage").await;
         assert_eq!(got["messageId"], id.as_str());
     }
 }
 
-/// Bob, offline while Alice sends 5, catches up with `after=0` and `after=<id>` oldest first, and gets no live replay of them.
+/// Alice on the first gateway and a device of Bob's on the last one (the
+/// same one when the server is a single gateway).
+async fn sender_and_online_recipient(server: &Server) -> (Client, Client) {
+    let bases = server.gateway_bases();
+    let alice = server.connect_at(&bases[0], "alice").await;
+    let bob = server.connect_at(&bases[bases.len() - 1], "bob").await;
+    (alice.expect("alice connects"), bob.expect("bob connects"))
+}
+
+/// Bob's laptop, offline while Alice sends 5, catches up with `after=0` and `after=<id>` oldest first, and gets no live replay of them.
 #[tokio::test]
 async fn offline_messages_are_caught_up_by_cursor() {
     let server = Server::start().await;
     let chat = server
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
-    let mut alice = server.connect("alice").await;
-    let mut alice_laptop = server.connect("alice").await;
+    let (mut alice, mut bob_phone) = sender_and_online_recipient(&server).await;
     let mut sent = Vec::new();
     for i in 0..5 {
         sent.push(
@@ -31,7 +43,7 @@ async fn offline_messages_are_caught_up_by_cursor() {
                 .await,
         );
     }
-    fanned_out(&mut alice_laptop, &sent).await;
+    fanned_out(&mut bob_phone, &sent).await;
 
     let mut bob = server.connect("bob").await;
     let page = server.history_page(&chat, "bob", "after=0").await;
@@ -74,16 +86,16 @@ async fn reconnect_catches_up_from_the_last_id() {
     let chat = server
         .create_chat("alice", json!({"members": ["bob"]}))
         .await;
-    let mut alice = server.connect("alice").await;
+    let (mut alice, mut bob_phone) = sender_and_online_recipient(&server).await;
     let mut bob = server.connect("bob").await;
     alice.send_id(&chat, "seen live", "c0").await;
     let last_seen = bob.recv_type("receiveMessage").await["messageId"]
         .as_str()
         .unwrap()
         .to_owned();
+    fanned_out(&mut bob_phone, std::slice::from_ref(&last_seen)).await;
     bob.close().await;
 
-    let mut alice_laptop = server.connect("alice").await;
     let mut missed = Vec::new();
     for i in 1..=3 {
         missed.push(
@@ -92,7 +104,7 @@ async fn reconnect_catches_up_from_the_last_id() {
                 .await,
         );
     }
-    fanned_out(&mut alice_laptop, &missed).await;
+    fanned_out(&mut bob_phone, &missed).await;
     let mut bob = server.connect("bob").await;
     let page = server
         .history_page(&chat, "bob", &format!("after={last_seen}"))
