@@ -452,7 +452,7 @@ mod embedded {
 
     /// What a crash leaves (the files as they are while the store runs) opens
     /// with every acknowledged message: appends are durable through the
-    /// journal, before any checkpoint syncs the file itself.
+    /// journal, before any flush writes them to the file itself.
     #[tokio::test]
     async fn survives_a_crash_through_its_journal() {
         let live = tempfile::tempdir().unwrap();

@@ -567,8 +567,9 @@ fn append_group(
     batch: Vec<NewMessage>,
 ) -> StoreResult<Vec<StoreResult<Appended>>> {
     let mut results = Vec::with_capacity(batch.len());
-    // The new messages: client key, row (also what the journal records).
-    let mut fresh: Vec<(String, Vec<u8>)> = Vec::with_capacity(batch.len());
+    // The new messages: client key, place in `results`, row (also what the
+    // journal records).
+    let mut fresh: Vec<(String, usize, Vec<u8>)> = Vec::with_capacity(batch.len());
     // Heads moved by this group: they count only once it is journaled.
     let mut moved = std::collections::HashMap::new();
     // Where each new client key sits in `results`, for repeats within the group.
@@ -645,7 +646,7 @@ fn append_group(
                 timestamp: new.timestamp,
                 prev_id: head,
             };
-            fresh.push((key.clone(), encode(&message)?));
+            fresh.push((key.clone(), results.len(), encode(&message)?));
             in_group.insert(key, results.len());
             moved.insert(message.chat_id.clone(), id);
             results.push(Ok(Appended {
@@ -658,22 +659,19 @@ fn append_group(
         return Ok(results);
     }
     // Not acknowledged unless synced. If the sync failed, the record may
-    // still be on disk and come back at the next start, which a retry with
-    // the same client-msg-id then finds.
-    if let Err(e) = journal.append(fresh.iter().map(|(_, row)| row.as_slice())) {
-        unsure.extend(fresh.into_iter().map(|(key, _)| key));
+    // still be on disk and come back at the next start, where a retry with
+    // the same client-msg-id finds it (until then retries are refused).
+    if let Err(e) = journal.append(fresh.iter().map(|(_, _, row)| row.as_slice())) {
+        unsure.extend(fresh.into_iter().map(|(key, _, _)| key));
         return Err(backend_err(e));
     }
     {
         let mut recent = unflushed.write();
         let rows = recent.active_mut();
-        let new_messages = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .filter(|a| !a.duplicate);
-        for ((key, row), appended) in fresh.into_iter().zip(new_messages) {
-            let m = &appended.message;
-            rows.insert(&m.chat_id, m.id, key, row);
+        for (key, at, row) in fresh {
+            if let Ok(appended) = &results[at] {
+                rows.insert(&appended.message.chat_id, appended.message.id, key, row);
+            }
         }
     }
     heads.extend(moved);
@@ -989,20 +987,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.redb");
         let ids = Arc::new(Snowflake::new(0));
-        let stored = {
+        let (first, newest) = {
             let store = EmbeddedStore::open(&path, ids.clone()).unwrap();
-            let mut results = store
-                .append(vec![
-                    new_message("c", "alice", "a"),
-                    new_message("c", "alice", "b"),
-                ])
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.unwrap().message);
-            (results.next().unwrap(), results.next().unwrap())
+            let batch = vec![
+                new_message("c", "alice", "a"),
+                new_message("c", "alice", "b"),
+            ];
+            let mut stored = append_all(&store, batch).await.into_iter();
+            let mut next = || stored.next().unwrap().message;
+            (next(), next())
         };
-        let (first, newest) = stored;
         let below_head = Message {
             id: first.id - 1,
             client_msg_id: "late".into(),
