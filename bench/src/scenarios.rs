@@ -153,25 +153,34 @@ pub async fn one_to_one_loads(
         target.name, sizes.pairs, sizes.window
     );
     println!(
-        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | msgs per send call | send call us | fanout call us |"
+        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | msgs per send call | send call us | fanout call us | p99 ms: lane wait / append / send call / fanout wait |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let rates: Vec<f64> = match offered {
         Offered::FractionsOfPeak(loads) => loads.iter().map(|load| peak * load).collect(),
         Offered::Rates(rates) => rates.clone(),
     };
     for rate in rates {
         let load = rate / peak;
-        let before = invocation_totals(&target).await;
+        let before = ServerMetrics::scrape(&target).await;
         let lat = open_loop(pairs(&target, sizes.pairs).await?, rate, sizes.duration).await?;
-        let after = invocation_totals(&target).await;
-        let per_call = |c: &str| {
-            let (n, secs) = (after[c].0 - before[c].0, after[c].1 - before[c].1);
-            (n, if n > 0.0 { secs * 1e6 / n } else { 0.0 })
-        };
-        let ((sends, send_us), (_, fanout_us)) = (per_call("send"), per_call("fanout"));
+        let during = ServerMetrics::scrape(&target).await.since(&before);
+        let invocations = "switchboard_component_invocation_seconds";
+        let (send, fanout) = (r#"component="send""#, r#"component="fanout""#);
+        let sends = during.count(invocations, send);
+        let stages = [
+            ("switchboard_dispatch_wait_seconds", r#"lane="send""#),
+            ("switchboard_store_append_seconds", ""),
+            (invocations, send),
+            ("switchboard_fanout_wait_seconds", ""),
+        ]
+        .map(|(name, labels)| match during.quantile(name, labels, 0.99) {
+            Some(secs) => format!("{:.1}", secs * 1e3),
+            None => "-".to_owned(),
+        })
+        .join(" / ");
         println!(
-            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {send_us:.0} | {fanout_us:.0} |",
+            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} | {stages} |",
             lat.len(),
             ms(&lat, 0.5),
             ms(&lat, 0.9),
@@ -182,46 +191,114 @@ pub async fn one_to_one_loads(
             } else {
                 0.0
             },
+            during.mean(invocations, send) * 1e6,
+            during.mean(invocations, fanout) * 1e6,
         );
     }
     Ok(())
 }
 
-/// Per component: (invocations, seconds in them) from the server's
-/// `/metrics`; zeros for the relay, which has none.
-async fn invocation_totals(target: &Target) -> std::collections::HashMap<&'static str, (f64, f64)> {
-    let components = ["send", "fanout"];
-    let mut totals: std::collections::HashMap<_, _> =
-        components.iter().map(|&c| (c, (0.0, 0.0))).collect();
-    let Ok(response) = target
-        .http()
-        .get(format!("{}/metrics", target.base))
-        .send()
-        .await
-    else {
-        return totals;
-    };
-    let text = response.text().await.unwrap_or_default();
-    for line in text.lines() {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
+/// The server's `/metrics` as series -> value (empty for the relay, which
+/// has none), or the difference of two scrapes.
+#[derive(Debug, Default)]
+struct ServerMetrics(std::collections::HashMap<String, f64>);
+
+impl ServerMetrics {
+    async fn scrape(target: &Target) -> Self {
+        let Ok(response) = target
+            .http()
+            .get(format!("{}/metrics", target.base))
+            .send()
+            .await
+        else {
+            return Self::default();
         };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
+        let text = response.text().await.unwrap_or_default();
+        Self(
+            text.lines()
+                .filter(|line| !line.starts_with('#'))
+                .filter_map(|line| {
+                    let (series, value) = line.rsplit_once(' ')?;
+                    Some((series.to_owned(), value.parse().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(k, v)| (k.clone(), v - earlier.0.get(k).copied().unwrap_or(0.0)))
+                .collect(),
+        )
+    }
+
+    /// Observations of the histogram `name` with `labels` (as written
+    /// between its braces, without `le`; empty for none).
+    fn count(&self, name: &str, labels: &str) -> f64 {
+        self.buckets(name, labels).last().map_or(0.0, |&(_, n)| n)
+    }
+
+    fn mean(&self, name: &str, labels: &str) -> f64 {
+        let sum = if labels.is_empty() {
+            format!("{name}_sum")
+        } else {
+            format!("{name}_sum{{{labels}}}")
         };
-        for c in components {
-            let label = format!("{{component=\"{c}\"}}");
-            let Some(entry) = totals.get_mut(c) else {
-                continue;
-            };
-            if series == format!("switchboard_component_invocations_total{label}") {
-                entry.0 = value;
-            } else if series == format!("switchboard_component_invocation_seconds_total{label}") {
-                entry.1 = value;
-            }
+        let count = self.count(name, labels);
+        match self.0.get(&sum) {
+            Some(sum) if count > 0.0 => sum / count,
+            _ => 0.0,
         }
     }
-    totals
+
+    /// (upper bound in seconds, cumulative count) in increasing order.
+    fn buckets(&self, name: &str, labels: &str) -> Vec<(f64, f64)> {
+        let prefix = if labels.is_empty() {
+            format!("{name}_bucket{{le=\"")
+        } else {
+            format!("{name}_bucket{{{labels},le=\"")
+        };
+        let mut buckets: Vec<(f64, f64)> = self
+            .0
+            .iter()
+            .filter_map(|(series, &n)| {
+                let le = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((bound, n))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+
+    /// The `q` quantile, interpolated within its bucket as Prometheus's
+    /// `histogram_quantile` does; `None` without observations.
+    fn quantile(&self, name: &str, labels: &str, q: f64) -> Option<f64> {
+        let buckets = self.buckets(name, labels);
+        let total = buckets.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for (bound, cumulative) in buckets {
+            if cumulative >= rank {
+                if bound.is_infinite() {
+                    return Some(lower);
+                }
+                let within = cumulative - below;
+                return Some(lower + (bound - lower) * (rank - below) / within.max(1.0));
+            }
+            (lower, below) = (bound, cumulative);
+        }
+        None
+    }
 }
 
 /// Runs every scenario and prints the table. With `cluster`, scenarios 1-3
@@ -820,4 +897,39 @@ async fn idle(target: &Target, n: usize) -> anyhow::Result<f64> {
     );
     drop(sockets);
     Ok(per)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerMetrics;
+
+    fn scraped(lines: &[(&str, f64)]) -> ServerMetrics {
+        ServerMetrics(lines.iter().map(|&(s, v)| (s.to_owned(), v)).collect())
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_that_holds_them() {
+        let before = scraped(&[
+            (r#"t_bucket{lane="send",le="0.001"}"#, 10.0),
+            (r#"t_bucket{lane="send",le="0.002"}"#, 10.0),
+            (r#"t_bucket{lane="send",le="+Inf"}"#, 10.0),
+            (r#"t_sum{lane="send"}"#, 0.005),
+        ]);
+        // During: 90 observations up to 1 ms, 10 between 1 and 2 ms.
+        let after = scraped(&[
+            (r#"t_bucket{lane="send",le="0.001"}"#, 100.0),
+            (r#"t_bucket{lane="send",le="0.002"}"#, 110.0),
+            (r#"t_bucket{lane="send",le="+Inf"}"#, 110.0),
+            (r#"t_sum{lane="send"}"#, 0.125),
+        ]);
+        let during = after.since(&before);
+        assert_eq!(during.count("t", r#"lane="send""#), 100.0);
+        assert!((during.mean("t", r#"lane="send""#) - 0.0012).abs() < 1e-9);
+        // The 50th of 90 in [0, 1 ms], the 5th of 10 in (1, 2 ms].
+        let p50 = during.quantile("t", r#"lane="send""#, 0.5).unwrap();
+        assert!((p50 - 0.001 * 50.0 / 90.0).abs() < 1e-9, "{p50}");
+        let p95 = during.quantile("t", r#"lane="send""#, 0.95).unwrap();
+        assert!((p95 - 0.0015).abs() < 1e-9, "{p95}");
+        assert_eq!(during.quantile("other", "", 0.5), None);
+    }
 }

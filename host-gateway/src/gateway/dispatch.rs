@@ -13,12 +13,14 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::envelope::{Envelope, Route};
 use crate::backend::{ConnectionId, Router};
 use crate::ids::now_ms;
+use crate::metrics::{self, Lane};
 use crate::runtime::{ConnectionEvent, InboundFrame, InvokeError, Lifecycle, Runtime, Stored};
 
 /// Most frames one invocation takes.
@@ -37,6 +39,8 @@ const MAX_FANOUT_MESSAGES: usize = 512;
 struct Job {
     frame: InboundFrame,
     client_msg_id: Option<String>,
+    /// When the frame was queued, for the dispatch-wait histogram.
+    queued: Instant,
 }
 
 #[derive(Debug)]
@@ -95,6 +99,7 @@ impl Dispatcher {
         let job = Job {
             frame,
             client_msg_id: envelope.client_msg_id,
+            queued: Instant::now(),
         };
         match envelope.route {
             Route::Send => {
@@ -167,14 +172,17 @@ async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mps
         let stored_tx = stored_tx.clone();
         async move {
             if !items.is_empty() {
-                let _ = stored_tx.send(items).await;
+                let _ = stored_tx.send((Instant::now(), items)).await;
             }
         }
     };
     while let Some(batch) = next_batch(&mut rx).await {
         let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = batch
             .into_iter()
-            .map(|j| (j.frame, j.client_msg_id))
+            .map(|j| {
+                metrics::dispatch_waited(Lane::Send, j.queued);
+                (j.frame, j.client_msg_id)
+            })
             .unzip();
         match runtime.send(&frames).await {
             Ok(stored) => fan_out(&frames, &client_ids, stored).await,
@@ -234,11 +242,15 @@ fn with_origins(
 
 /// Runs the fanout component over stored batches in the order they come,
 /// everything queued at once in one invocation.
-async fn fanout_worker(runtime: Arc<Runtime>, mut stored: mpsc::Receiver<Vec<Stored>>) {
-    while let Some(mut items) = stored.recv().await {
+async fn fanout_worker(runtime: Arc<Runtime>, mut stored: mpsc::Receiver<(Instant, Vec<Stored>)>) {
+    while let Some((committed, mut items)) = stored.recv().await {
+        metrics::fanout_waited(committed);
         while items.len() < MAX_FANOUT_MESSAGES {
             match stored.try_recv() {
-                Ok(more) => items.extend(more),
+                Ok((committed, more)) => {
+                    metrics::fanout_waited(committed);
+                    items.extend(more);
+                }
                 Err(_) => break,
             }
         }
@@ -268,8 +280,13 @@ async fn presence_worker(
                             jobs.push(j);
                         }
                     }
-                    let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) =
-                        jobs.into_iter().map(|j| (j.frame, j.client_msg_id)).unzip();
+                    let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = jobs
+                        .into_iter()
+                        .map(|j| {
+                            metrics::dispatch_waited(Lane::Presence, j.queued);
+                            (j.frame, j.client_msg_id)
+                        })
+                        .unzip();
                     if let Err(e) = runtime.presence_frames(&frames).await {
                         for (frame, client_id) in frames.iter().zip(&client_ids) {
                             fail(&*router, frame, client_id.as_deref(), &e).await;

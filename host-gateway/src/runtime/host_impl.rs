@@ -125,7 +125,10 @@ impl message_store::Host for HostState {
                 timestamp: m.timestamp,
             })
             .collect();
-        match self.shared.backends.messages.append(batch).await {
+        let started = std::time::Instant::now();
+        let appended = self.shared.backends.messages.append(batch).await;
+        crate::metrics::store_appended(started);
+        match appended {
             Ok(results) => results
                 .into_iter()
                 .map(|r| {
