@@ -80,6 +80,17 @@ enum Command {
         #[arg(long)]
         relay: bool,
     },
+    /// Only scenario 3 (embedded, or two gateways over Redis + Cassandra
+    /// with `--cluster`): seeds one chat, then pages through it from
+    /// concurrent clients. For iterating on the read path.
+    History {
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
 }
 
 #[tokio::main]
@@ -91,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{:?}", wasm_cost::measure(events, 128).await?);
             return Ok(());
         }
-        Some(Command::Idle { .. } | Command::OneToOne { .. }) | None => {}
+        Some(Command::Idle { .. } | Command::OneToOne { .. } | Command::History { .. }) | None => {}
     }
     let bin = cli
         .bin
@@ -105,6 +116,24 @@ async fn main() -> anyhow::Result<()> {
         let per = scenarios::idle_rss(&bin, connections).await?;
         println!("{connections} idle connections: {per:.2} KiB RSS each");
         return Ok(());
+    }
+    let cluster = cli.cluster.then(|| target::ClusterServices {
+        redis_url: cli.redis_url.clone(),
+        cassandra: cli.cassandra.clone(),
+    });
+    if let Some(Command::History {
+        messages,
+        clients,
+        secs,
+    }) = cli.command
+    {
+        let sizes = scenarios::Sizes {
+            history_messages: messages,
+            history_clients: clients,
+            duration: std::time::Duration::from_secs(secs),
+            ..scenarios::Sizes::full()
+        };
+        return scenarios::history_only(&bin, &sizes, cluster.as_ref()).await;
     }
     if let Some(Command::OneToOne {
         pairs,
@@ -121,10 +150,6 @@ async fn main() -> anyhow::Result<()> {
             duration: std::time::Duration::from_secs(secs),
             ..scenarios::Sizes::full()
         };
-        let cluster = cli.cluster.then(|| target::ClusterServices {
-            redis_url: cli.redis_url.clone(),
-            cassandra: cli.cassandra.clone(),
-        });
         let offered = if rates.is_empty() {
             scenarios::Offered::FractionsOfPeak(loads)
         } else {
@@ -137,9 +162,5 @@ async fn main() -> anyhow::Result<()> {
     } else {
         scenarios::Sizes::full()
     };
-    let cluster = cli.cluster.then(|| target::ClusterServices {
-        redis_url: cli.redis_url.clone(),
-        cassandra: cli.cassandra.clone(),
-    });
     scenarios::run_all(&bin, &sizes, cli.samples_dir.as_deref(), cluster.as_ref()).await
 }
