@@ -52,6 +52,7 @@ impl Target {
     /// Two Switchboard gateways on Redis + Cassandra, in a fresh keyspace
     /// and key prefix.
     pub async fn cluster(bin: &Path, services: &ClusterServices) -> anyhow::Result<Self> {
+        drop_bench_keyspaces(&services.cassandra).await?;
         let data = tempfile::tempdir()?;
         let tag = format!("{:08x}", now_micros() as u32);
         let mut children = Vec::new();
@@ -212,6 +213,33 @@ impl Target {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+}
+
+/// Drops the keyspaces that earlier cluster targets seeded (each has its
+/// own). Left behind they fill the disk, and Cassandra compacts them at
+/// start-up, at ~150% CPU, during the next run's measurements.
+async fn drop_bench_keyspaces(cassandra: &str) -> anyhow::Result<()> {
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(cassandra)
+        .build()
+        .await
+        .context("connecting to Cassandra")?;
+    let keyspaces = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", &[])
+        .await?
+        .into_rows_result()?;
+    let stale: Vec<String> = keyspaces
+        .rows::<(String,)>()?
+        .filter_map(|row| row.ok().map(|(name,)| name))
+        .filter(|name| name.starts_with("bench_"))
+        .collect();
+    for name in stale {
+        session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), &[])
+            .await
+            .with_context(|| format!("dropping keyspace {name}"))?;
+    }
+    Ok(())
 }
 
 /// `switchboard serve` on a free port with the bench secret, quiet.
