@@ -139,11 +139,39 @@ impl CassandraStore {
             return Ok(None);
         };
         let last = self.read_head(chat, bucket).await?;
+        // Retries are checked against the newest bucket below that holds a
+        // message: a bucket listed just before time moved on can be empty.
+        // (Once `bucket` has a commit, everything below it is sealed.)
+        let previous = match last {
+            Some(id) if id != SEALED => self
+                .newest_message_below(chat, bucket)
+                .await?
+                .map(|(_, older)| older),
+            _ => buckets.get(1).copied(),
+        };
         Ok(Some(Head {
             bucket,
             last,
-            previous: buckets.get(1).copied(),
+            previous,
         }))
+    }
+
+    /// The newest message in a bucket below `bucket`, and that bucket.
+    async fn newest_message_below(
+        &self,
+        chat: &str,
+        bucket: i32,
+    ) -> StoreResult<Option<(i64, i32)>> {
+        for older in self.buckets(chat, bucket - 1, true).await? {
+            if let Some(newest) = self
+                .page_in_bucket(chat, older, i64::MAX, 1, true)
+                .await?
+                .first()
+            {
+                return Ok(Some((newest.id as i64, older)));
+            }
+        }
+        Ok(None)
     }
 
     /// Seals `bucket` whatever its head is now; a commit (or another
@@ -167,9 +195,11 @@ impl CassandraStore {
     /// can land late anywhere below `bucket` (a gateway that read an old
     /// head and committed slowly would otherwise put messages behind ours).
     /// Returns the id the first commit follows (the newest message below,
-    /// 0 for a chat's first) and the nearest bucket below; `None` when a
-    /// newer bucket exists, so commits belong there (a late clock opened
-    /// this one).
+    /// 0 for a chat's first) and the bucket that message is in, whose
+    /// claims a retry is checked against (not merely the nearest bucket
+    /// below: one listed just before time moved past it stays empty);
+    /// `None` when a newer bucket exists, so commits belong there (a late
+    /// clock opened this one).
     async fn settle_below(
         &self,
         chat: &str,
@@ -190,10 +220,11 @@ impl CassandraStore {
                 .await?
                 .first()
             {
-                return Ok(Some((newest.id as i64, below.first().copied())));
+                return Ok(Some((newest.id as i64, Some(older))));
             }
         }
-        Ok(Some((0, below.first().copied())))
+        // No message below, so no claims either.
+        Ok(Some((0, None)))
     }
 
     /// Seals `bucket` (no commit can land there any more) if its head is
