@@ -148,6 +148,17 @@ async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
     Some(batch)
 }
 
+/// Splits jobs taken off `lane` into their frames and client message ids,
+/// recording how long each waited there.
+fn dequeued(jobs: Vec<Job>, lane: Lane) -> (Vec<InboundFrame>, Vec<Option<String>>) {
+    jobs.into_iter()
+        .map(|j| {
+            metrics::dispatch_waited(lane, j.queued);
+            (j.frame, j.client_msg_id)
+        })
+        .unzip()
+}
+
 /// The error frame for a frame whose component failed.
 fn internal_error(client_msg_id: Option<&str>, error: &InvokeError) -> String {
     let message = match error {
@@ -177,13 +188,7 @@ async fn send_worker(runtime: Arc<Runtime>, router: Arc<dyn Router>, mut rx: mps
         }
     };
     while let Some(batch) = next_batch(&mut rx).await {
-        let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = batch
-            .into_iter()
-            .map(|j| {
-                metrics::dispatch_waited(Lane::Send, j.queued);
-                (j.frame, j.client_msg_id)
-            })
-            .unzip();
+        let (frames, client_ids) = dequeued(batch, Lane::Send);
         match runtime.send(&frames).await {
             Ok(stored) => fan_out(&frames, &client_ids, stored).await,
             Err(e) if frames.len() > 1 => {
@@ -280,13 +285,7 @@ async fn presence_worker(
                             jobs.push(j);
                         }
                     }
-                    let (frames, client_ids): (Vec<InboundFrame>, Vec<Option<String>>) = jobs
-                        .into_iter()
-                        .map(|j| {
-                            metrics::dispatch_waited(Lane::Presence, j.queued);
-                            (j.frame, j.client_msg_id)
-                        })
-                        .unzip();
+                    let (frames, client_ids) = dequeued(jobs, Lane::Presence);
                     if let Err(e) = runtime.presence_frames(&frames).await {
                         for (frame, client_id) in frames.iter().zip(&client_ids) {
                             fail(&*router, frame, client_id.as_deref(), &e).await;
