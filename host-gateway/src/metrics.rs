@@ -1,4 +1,5 @@
-//! Process-wide counters and latency histograms, rendered in the Prometheus text format at `/metrics`.
+//! Process-wide counters and latency histograms, rendered in the Prometheus
+//! text format at `/metrics`.
 //!
 //! Plain atomics: each update is one relaxed add on the hot path, and the
 //! set of series is small and fixed.
@@ -14,7 +15,7 @@ static BACKEND_ERRORS: AtomicU64 = AtomicU64::new(0);
 static COMPONENT_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Upper bounds of the latency buckets, in microseconds: 1-2-5 steps from
-/// 50 µs to 10 s, fine enough to tell a disk sync from a scheduling stall.
+/// 50 µs to 20 s, fine enough to tell a disk sync from a scheduling stall.
 const BOUNDS_US: [u64; 18] = [
     50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
     1_000_000, 2_000_000, 5_000_000, 10_000_000, 20_000_000,

@@ -144,7 +144,7 @@ impl CassandraStore {
         // (Once `bucket` has a commit, everything below it is sealed.)
         let previous = match last {
             Some(id) if id != SEALED => self
-                .newest_message_below(chat, bucket)
+                .newest_message_below(chat, bucket, false)
                 .await?
                 .map(|(_, older)| older),
             _ => buckets.get(1).copied(),
@@ -156,13 +156,19 @@ impl CassandraStore {
         }))
     }
 
-    /// The newest message in a bucket below `bucket`, and that bucket.
+    /// The newest message in a bucket below `bucket`, and that bucket,
+    /// looking from the nearest bucket down. With `sealing`, each bucket is
+    /// sealed before it is read (see `settle_below`).
     async fn newest_message_below(
         &self,
         chat: &str,
         bucket: i32,
+        sealing: bool,
     ) -> StoreResult<Option<(i64, i32)>> {
         for older in self.buckets(chat, bucket - 1, true).await? {
+            if sealing {
+                self.seal_whatever_head(chat, older).await?;
+            }
             if let Some(newest) = self
                 .page_in_bucket(chat, older, i64::MAX, 1, true)
                 .await?
@@ -212,19 +218,13 @@ impl CassandraStore {
         {
             return Ok(None);
         }
-        let below = self.buckets(chat, bucket - 1, true).await?;
-        for &older in &below {
-            self.seal_whatever_head(chat, older).await?;
-            if let Some(newest) = self
-                .page_in_bucket(chat, older, i64::MAX, 1, true)
-                .await?
-                .first()
-            {
-                return Ok(Some((newest.id as i64, Some(older))));
-            }
-        }
-        // No message below, so no claims either.
-        Ok(Some((0, None)))
+        // No message below means no claims below either.
+        Ok(Some(
+            match self.newest_message_below(chat, bucket, true).await? {
+                Some((id, older)) => (id, Some(older)),
+                None => (0, None),
+            },
+        ))
     }
 
     /// Seals `bucket` (no commit can land there any more) if its head is
