@@ -11,7 +11,9 @@ use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::target::{ClusterServices, Sender, Socket, Target, recv_latency, send_stamped};
+use crate::target::{
+    ClusterServices, Sender, Socket, Target, cpu_time_of, recv_latency, send_stamped,
+};
 
 /// How big and how long.
 #[derive(Debug, Clone)]
@@ -153,9 +155,9 @@ pub async fn one_to_one_loads(
         target.name, sizes.pairs, sizes.window
     );
     println!(
-        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | msgs per send call | send call us | fanout call us | p99 ms: lane wait / append / send call / fanout wait |"
+        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | server cores | bench cores | msgs per send call | send call us | fanout call us | p99 ms: lane wait / append / send call / fanout wait |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let rates: Vec<f64> = match offered {
         Offered::FractionsOfPeak(loads) => loads.iter().map(|load| peak * load).collect(),
         Offered::Rates(rates) => rates.clone(),
@@ -163,7 +165,11 @@ pub async fn one_to_one_loads(
     for rate in rates {
         let load = rate / peak;
         let before = ServerMetrics::scrape(&target).await;
-        let lat = open_loop(pairs(&target, sizes.pairs).await?, rate, sizes.duration).await?;
+        let sockets = pairs(&target, sizes.pairs).await?;
+        let cpu_before = (target.cpu_time(), cpu_time_of("self"));
+        let lat = open_loop(sockets, rate, sizes.duration).await?;
+        let cpu_after = (target.cpu_time(), cpu_time_of("self"));
+        let cores = Cores::over(sizes.duration, cpu_before, cpu_after);
         let during = ServerMetrics::scrape(&target).await.since(&before);
         let invocations = "switchboard_component_invocation_seconds";
         let (send, fanout) = (r#"component="send""#, r#"component="fanout""#);
@@ -180,12 +186,14 @@ pub async fn one_to_one_loads(
         })
         .join(" / ");
         println!(
-            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} | {stages} |",
+            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.0} | {:.0} | {stages} |",
             lat.len(),
             ms(&lat, 0.5),
             ms(&lat, 0.9),
             ms(&lat, 0.99),
             lat.max() as f64 / 1000.0,
+            cores.server,
+            cores.bench,
             if sends > 0.0 {
                 lat.len() as f64 / sends
             } else {
@@ -196,6 +204,35 @@ pub async fn one_to_one_loads(
         );
     }
     Ok(())
+}
+
+/// CPU cores in use over a phase, as printed ("-" where unreadable).
+struct Cores {
+    server: String,
+    bench: String,
+}
+
+impl Cores {
+    /// Cores the server and this process used between two readings of
+    /// their CPU times, spread over `sending`: the time messages were
+    /// offered (the receivers' wait for stragglers after it costs ~nothing).
+    fn over(
+        sending: Duration,
+        before: (Option<Duration>, Option<Duration>),
+        after: (Option<Duration>, Option<Duration>),
+    ) -> Self {
+        let wall = sending.as_secs_f64();
+        let cores = |earlier: Option<Duration>, later: Option<Duration>| match (earlier, later) {
+            (Some(e), Some(l)) if wall > 0.0 => {
+                format!("{:.2}", l.saturating_sub(e).as_secs_f64() / wall)
+            }
+            _ => "-".to_owned(),
+        };
+        Self {
+            server: cores(before.0, after.0),
+            bench: cores(before.1, after.1),
+        }
+    }
 }
 
 /// Scenario 3 alone, on the embedded backend or (with `cluster`) two

@@ -213,6 +213,27 @@ impl Target {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
+
+    /// CPU time (user + system) the server processes have used so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        self.children
+            .iter()
+            .map(|c| cpu_time_of(&c.id()?.to_string()))
+            .sum()
+    }
+}
+
+/// CPU time (user + system) process `pid` (or `self`) has used so far,
+/// from `/proc/<pid>/stat`.
+pub fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces, end with ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of the whole line, in clock ticks.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ: the unit the kernel reports these in, 100 on every Linux
+    // architecture this runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Drops the keyspaces that earlier cluster targets seeded (each has its
