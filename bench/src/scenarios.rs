@@ -608,6 +608,15 @@ async fn pairs(target: &Target, n: usize) -> anyhow::Result<Vec<(Socket, Socket,
 
 static CLIENT_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// A receiver whose socket closed, or sent a message it could not read,
+/// stops counting: said on stderr, so a phase that delivers less than
+/// offered (or nothing) is not taken for a slow server.
+fn receiver_stopped() {
+    eprintln!(
+        "warning: a receiver's socket closed or sent an unreadable message; its pair stops counting"
+    );
+}
+
 /// Each sender keeps `window` messages in flight (sent, not yet received);
 /// returns delivered messages per second.
 async fn closed_loop(sockets: Vec<(Socket, Socket, String)>, sizes: &Sizes) -> anyhow::Result<f64> {
@@ -649,7 +658,10 @@ async fn closed_loop(sockets: Vec<(Socket, Socket, String)>, sizes: &Sizes) -> a
                         delivered.fetch_add(1, Ordering::Relaxed);
                         window.add_permits(1);
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        receiver_stopped();
+                        break;
+                    }
                     Err(_) => {}
                 }
             }
@@ -701,7 +713,10 @@ async fn open_loop(
                     Ok(Some(latency)) => {
                         let _ = h.record(latency.max(1));
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        receiver_stopped();
+                        break;
+                    }
                     Err(_) => {}
                 }
             }
