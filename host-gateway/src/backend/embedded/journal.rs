@@ -44,6 +44,19 @@ pub struct Journal {
     /// as it was: after a failed `fsync` the kernel's view of the file
     /// cannot be trusted, so nothing more is appended until a restart.
     broken: bool,
+    #[cfg(test)]
+    faults: Option<std::sync::Arc<InjectedFaults>>,
+}
+
+/// Failures a test makes a journal meet: the seam through which the store's
+/// tests reach its rare paths (a failed sync must turn into neither an
+/// acknowledged message that is lost nor one stored twice).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct InjectedFaults {
+    /// Appends whose sync is still to fail (after their record is written,
+    /// as when `fdatasync` reports an I/O error).
+    pub failing_syncs: std::sync::atomic::AtomicUsize,
 }
 
 impl Journal {
@@ -81,6 +94,8 @@ impl Journal {
                 generation,
                 end,
                 broken: false,
+                #[cfg(test)]
+                faults: None,
             },
             messages,
         ))
@@ -117,7 +132,7 @@ impl Journal {
             self.broken = self.file.seek(SeekFrom::Start(self.end)).is_err();
             return Err(e);
         }
-        if let Err(e) = self.file.sync_data() {
+        if let Err(e) = self.sync() {
             // After a failed fsync the kernel may have dropped the dirty
             // pages: what is on disk is unknown from here on.
             self.broken = true;
@@ -125,6 +140,27 @@ impl Journal {
         }
         self.end += record.len() as u64;
         Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(faults) = &self.faults {
+            use std::sync::atomic::Ordering::SeqCst;
+            if faults
+                .failing_syncs
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(io::Error::other("injected sync failure"));
+            }
+        }
+        self.file.sync_data()
+    }
+
+    /// Makes this journal meet `faults` from now on.
+    #[cfg(test)]
+    pub fn inject(&mut self, faults: std::sync::Arc<InjectedFaults>) {
+        self.faults = Some(faults);
     }
 
     /// Bytes of records since the last [`Self::clear`].

@@ -416,6 +416,17 @@ impl EmbeddedStore {
         ids: Arc<Snowflake>,
         flush_interval: std::time::Duration,
     ) -> anyhow::Result<Self> {
+        Self::open_with(path, ids, flush_interval, |_| {})
+    }
+
+    /// [`Self::open_flushing_every`], with `prepare` applied to both
+    /// journals before the writer takes them (tests inject I/O faults).
+    fn open_with(
+        path: &Path,
+        ids: Arc<Snowflake>,
+        flush_interval: std::time::Duration,
+        prepare: impl Fn(&mut Journal),
+    ) -> anyhow::Result<Self> {
         let db = Database::create(path)?;
         // Create every table up front so read transactions never meet a missing one.
         let txn = db.begin_write()?;
@@ -451,6 +462,8 @@ impl EmbeddedStore {
         if legacy.exists() {
             std::fs::remove_file(&legacy)?;
         }
+        prepare(&mut first);
+        prepare(&mut second);
 
         let db = Arc::new(db);
         let unflushed = SharedUnflushed::default();
@@ -1059,6 +1072,58 @@ mod tests {
             .map(|m| m.id)
             .collect();
         assert_eq!(ids, [first.id, newest.id, fine.id]);
+    }
+
+    /// A group whose journal sync fails is not acknowledged and not
+    /// readable; a retry of it is refused while the store cannot tell
+    /// whether the record reached the disk; after a restart the retry finds
+    /// it stored, once, in its place in the chat.
+    #[tokio::test]
+    async fn a_failed_sync_is_neither_acknowledged_nor_stored_twice() {
+        use super::super::journal::InjectedFaults;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let ids = Arc::new(Snowflake::new(0));
+        let faults = Arc::new(InjectedFaults::default());
+        let first = {
+            let store = EmbeddedStore::open_with(&path, ids.clone(), FLUSH_INTERVAL, |journal| {
+                journal.inject(faults.clone())
+            })
+            .unwrap();
+            let first = append_one(&store, new_message("c", "alice", "a"))
+                .await
+                .message;
+            faults
+                .failing_syncs
+                .store(1, std::sync::atomic::Ordering::SeqCst);
+            let failed = store.append(vec![new_message("c", "alice", "b")]).await;
+            assert!(
+                matches!(failed, Err(StoreError::Unavailable(_))),
+                "{failed:?}"
+            );
+            let retried = store
+                .append(vec![new_message("c", "alice", "b")])
+                .await
+                .unwrap();
+            assert!(
+                matches!(&retried[..], [Err(StoreError::Unavailable(_))]),
+                "{retried:?}"
+            );
+            assert_eq!(
+                store.page_after("c", 0, 10).await.unwrap(),
+                std::slice::from_ref(&first)
+            );
+            first
+        };
+        // The record was written before its sync failed, so the file has it.
+        let store = EmbeddedStore::open(&path, ids).unwrap();
+        let again = append_one(&store, new_message("c", "alice", "b")).await;
+        assert!(again.duplicate);
+        assert_eq!(again.message.prev_id, first.id);
+        assert_eq!(
+            store.page_after("c", 0, 10).await.unwrap(),
+            [first, again.message]
+        );
     }
 
     /// Waits until the flusher has moved every row to the tree.
