@@ -291,7 +291,7 @@ impl Outbox {
     }
 }
 
-/// A server a backend depends on, checked by `/readyz`.
+/// A server a backend depends on (or an embedded store), checked by `/readyz`.
 #[async_trait]
 pub trait Probe: Send + Sync + 'static {
     /// What it is, for the readiness report.
@@ -308,7 +308,8 @@ pub struct Backends {
     pub chats: Arc<dyn ChatDirectory>,
     pub presence: Arc<dyn PresenceStore>,
     pub router: Arc<dyn Router>,
-    /// The servers these depend on; empty for the embedded backend.
+    /// What `/readyz` checks: the servers these depend on, or for the
+    /// embedded backend its store (which stops taking appends after an I/O error).
     pub probes: Vec<Arc<dyn Probe>>,
 }
 

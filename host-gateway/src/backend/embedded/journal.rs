@@ -163,6 +163,11 @@ impl Journal {
         self.faults = Some(faults);
     }
 
+    /// Whether an I/O error has made this journal refuse appends until a restart.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Bytes of records since the last [`Self::clear`].
     pub fn recorded_bytes(&self) -> u64 {
         self.end - FILE_HEADER_BYTES

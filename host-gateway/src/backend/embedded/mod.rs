@@ -26,9 +26,9 @@ pub fn open(data_dir: &Path, ids: Arc<Snowflake>) -> anyhow::Result<Backends> {
     )?);
     Ok(Backends {
         messages: store.clone(),
-        chats: store,
+        chats: store.clone(),
         presence: Arc::new(InProcessPresence::default()),
         router: Arc::new(InProcessRouter::default()),
-        probes: Vec::new(),
+        probes: vec![store],
     })
 }

@@ -57,6 +57,22 @@ pub struct EmbeddedStore {
     /// Chats as last committed: every send and every fan-out reads its chat,
     /// and this process is the only writer, so the cache is exact.
     chats: Arc<ChatCache>,
+    /// Set once appends can no longer succeed until a restart.
+    failure: Arc<Failure>,
+}
+
+/// Why the store stopped taking appends, for `/readyz`: after a failed
+/// sync a journal refuses appends until the gateway restarts (and the
+/// restart settles the groups whose sync failed), so the gateway should stop
+/// getting clients rather than answer every send with an error.
+#[derive(Debug, Default)]
+struct Failure(std::sync::OnceLock<String>);
+
+impl Failure {
+    /// Records the first failure (later ones follow from it).
+    fn set(&self, reason: impl std::fmt::Display) {
+        let _ = self.0.set(reason.to_string());
+    }
 }
 
 /// The chats read recently. A fill holds the lock across its database read
@@ -162,6 +178,7 @@ fn group_commit_writer(
     journals: [Journal; 2],
     flush_interval: std::time::Duration,
     jobs: std::sync::mpsc::Receiver<AppendJob>,
+    failure: Arc<Failure>,
 ) {
     let [mut journal, spare] = journals;
     // The journal not being appended to: here when the flusher is idle.
@@ -171,6 +188,7 @@ fn group_commit_writer(
     let stopping = Arc::new(AtomicBool::new(false));
     let flusher = {
         let (db, unflushed, stopping) = (db.clone(), unflushed.clone(), stopping.clone());
+        let failure = failure.clone();
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || {
@@ -181,6 +199,7 @@ fn group_commit_writer(
                     flush_interval,
                     flush_queue,
                     done,
+                    &failure,
                 )
             })
     };
@@ -188,6 +207,7 @@ fn group_commit_writer(
         Ok(thread) => thread,
         Err(e) => {
             tracing::error!(error = %e, "store: cannot start the flusher thread");
+            failure.set(format_args!("cannot start the flusher thread: {e}"));
             return;
         }
     };
@@ -205,6 +225,7 @@ fn group_commit_writer(
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     tracing::error!("store: the flusher stopped; appends stop too");
+                    failure.set("the flusher stopped");
                     break;
                 }
             }
@@ -222,6 +243,7 @@ fn group_commit_writer(
                 .is_err()
             {
                 tracing::error!("store: the flusher stopped; appends stop too");
+                failure.set("the flusher stopped");
                 break;
             }
             oldest = None;
@@ -254,6 +276,7 @@ fn group_commit_writer(
                 }
                 if stopped {
                     tracing::error!("store: the flusher stopped; appends stop too");
+                    failure.set("the flusher stopped");
                     break;
                 }
                 continue;
@@ -278,6 +301,9 @@ fn group_commit_writer(
         );
         if was_empty && journal.recorded_bytes() > 0 {
             oldest = Some(std::time::Instant::now());
+        }
+        if journal.is_broken() {
+            failure.set("a journal write or sync failed; restart the gateway");
         }
         match appended {
             Ok(results) => {
@@ -323,6 +349,7 @@ fn flusher(
     retry_after: std::time::Duration,
     queue: std::sync::mpsc::Receiver<FlushJob>,
     done: std::sync::mpsc::Sender<Journal>,
+    failure: &Failure,
 ) {
     yield_to_latency_bound_threads();
     for FlushJob { rows, mut journal } in queue {
@@ -340,6 +367,9 @@ fn flusher(
         // `Journal`); its records are in the tree, so a restart skips them.
         if let Err(e) = journal.clear() {
             tracing::error!(error = %e, "store: emptying a journal failed");
+            failure.set(format_args!(
+                "emptying a journal failed ({e}); restart the gateway"
+            ));
         }
         unflushed.write().flushed();
         if done.send(journal).is_err() {
@@ -467,13 +497,23 @@ impl EmbeddedStore {
 
         let db = Arc::new(db);
         let unflushed = SharedUnflushed::default();
+        let failure = Arc::new(Failure::default());
         let (sender, jobs) = std::sync::mpsc::channel();
         let thread = {
             let (db, ids, unflushed) = (db.clone(), ids.clone(), unflushed.clone());
+            let failure = failure.clone();
             std::thread::Builder::new()
                 .name("store-writer".into())
                 .spawn(move || {
-                    group_commit_writer(db, ids, unflushed, [first, second], flush_interval, jobs)
+                    group_commit_writer(
+                        db,
+                        ids,
+                        unflushed,
+                        [first, second],
+                        flush_interval,
+                        jobs,
+                        failure,
+                    )
                 })?
         };
         let appends = Arc::new(Writer {
@@ -486,6 +526,7 @@ impl EmbeddedStore {
             appends,
             unflushed,
             chats: Arc::default(),
+            failure,
         })
     }
 
@@ -718,6 +759,20 @@ fn append_group(
     }
     heads.extend(moved);
     Ok(results)
+}
+
+#[async_trait]
+impl crate::backend::Probe for EmbeddedStore {
+    fn name(&self) -> &'static str {
+        "embedded store"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        match self.failure.0.get() {
+            Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -1076,8 +1131,9 @@ mod tests {
 
     /// A group whose journal sync fails is not acknowledged and not
     /// readable; a retry of it is refused while the store cannot tell
-    /// whether the record reached the disk; after a restart the retry finds
-    /// it stored, once, in its place in the chat.
+    /// whether the record reached the disk, and the store reports itself
+    /// not ready; after a restart the retry finds it stored, once, in its
+    /// place in the chat.
     #[tokio::test]
     async fn a_failed_sync_is_neither_acknowledged_nor_stored_twice() {
         use super::super::journal::InjectedFaults;
@@ -1113,10 +1169,14 @@ mod tests {
                 store.page_after("c", 0, 10).await.unwrap(),
                 std::slice::from_ref(&first)
             );
+            // `/readyz` reports it, so clients go to another gateway.
+            let ping = crate::backend::Probe::ping(&store).await;
+            assert!(matches!(ping, Err(StoreError::Unavailable(_))), "{ping:?}");
             first
         };
         // The record was written before its sync failed, so the file has it.
         let store = EmbeddedStore::open(&path, ids).unwrap();
+        crate::backend::Probe::ping(&store).await.unwrap();
         let again = append_one(&store, new_message("c", "alice", "b")).await;
         assert!(again.duplicate);
         assert_eq!(again.message.prev_id, first.id);
