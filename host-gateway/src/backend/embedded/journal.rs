@@ -57,6 +57,9 @@ pub struct InjectedFaults {
     /// Appends whose sync is still to fail (after their record is written,
     /// as when `fdatasync` reports an I/O error).
     pub failing_syncs: std::sync::atomic::AtomicUsize,
+    /// Held by a test to keep [`Journal::clear`] waiting: a flush that does
+    /// not finish, as on a disk that has fallen behind.
+    pub clearing: std::sync::Mutex<()>,
 }
 
 impl Journal {
@@ -176,6 +179,11 @@ impl Journal {
     /// Drops every record (call once the store holds all of them durably)
     /// by moving to the next generation.
     pub fn clear(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        let _held = self
+            .faults
+            .as_ref()
+            .map(|f| f.clearing.lock().unwrap_or_else(|p| p.into_inner()));
         if self.broken {
             return Err(io::Error::other(
                 "journal unusable after an earlier I/O error",

@@ -1186,6 +1186,67 @@ mod tests {
         );
     }
 
+    /// When the tree falls behind (a flush that does not finish) and 64 MiB
+    /// wait in the journal, a send is refused after a bounded wait instead
+    /// of growing memory and the journal without end; once the flush ends,
+    /// the retry is stored, and nothing acknowledged before was lost.
+    #[tokio::test]
+    // Only the flusher thread waits on the held lock, never a task.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_store_behind_its_disk_refuses_then_recovers() {
+        use super::super::journal::InjectedFaults;
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(InjectedFaults::default());
+        let store = EmbeddedStore::open_with(
+            &dir.path().join("db.redb"),
+            Arc::new(Snowflake::new(0)),
+            FLUSH_INTERVAL,
+            |journal| journal.inject(faults.clone()),
+        )
+        .unwrap();
+        let held = faults.clearing.lock().unwrap();
+        // 1 MiB messages: the first 4 MiB go to a flush that cannot end,
+        // the rest fill the other journal up to its limit.
+        let big = |n: usize| NewMessage {
+            content: "x".repeat(1 << 20),
+            ..new_message("c", "alice", &format!("m{n}"))
+        };
+        let limit = (MAX_UNFLUSHED_BYTES >> 20) as usize + FLUSH_BYTES as usize / (1 << 20);
+        let mut acked = Vec::new();
+        let mut refused = None;
+        for n in 0..limit + 8 {
+            match store.append(vec![big(n)]).await {
+                Ok(mut results) => acked.push(results.remove(0).unwrap().message.id),
+                Err(e) => {
+                    refused = Some((n, e));
+                    break;
+                }
+            }
+        }
+        let (n, error) = refused.expect("a store 64 MiB behind took every send");
+        assert!(
+            matches!(&error, StoreError::Unavailable(m) if m.contains("behind")),
+            "{error:?}"
+        );
+        assert!(
+            n >= (MAX_UNFLUSHED_BYTES >> 20) as usize,
+            "refused after {n} MiB"
+        );
+        // The flush ends: the retry is stored, after everything acked.
+        drop(held);
+        let retried = append_one(&store, big(n)).await;
+        assert!(!retried.duplicate);
+        acked.push(retried.message.id);
+        let stored: Vec<u64> = store
+            .page_after("c", 0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(stored, acked);
+    }
+
     /// Waits until the flusher has moved every row to the tree.
     async fn until_flushed(store: &EmbeddedStore) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
