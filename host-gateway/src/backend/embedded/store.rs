@@ -1119,14 +1119,7 @@ mod tests {
         drop(journal);
 
         let store = EmbeddedStore::open(&path, ids).unwrap();
-        let ids: Vec<u64> = store
-            .page_after("c", 0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.id)
-            .collect();
-        assert_eq!(ids, [first.id, newest.id, fine.id]);
+        assert_eq!(ids_in(&store, "c").await, [first.id, newest.id, fine.id]);
     }
 
     /// A group whose journal sync fails is not acknowledged and not
@@ -1237,14 +1230,13 @@ mod tests {
         let retried = append_one(&store, big(n)).await;
         assert!(!retried.duplicate);
         acked.push(retried.message.id);
-        let stored: Vec<u64> = store
-            .page_after("c", 0, 1000)
-            .await
-            .unwrap()
-            .iter()
-            .map(|m| m.id)
-            .collect();
-        assert_eq!(stored, acked);
+        assert_eq!(ids_in(&store, "c").await, acked);
+    }
+
+    /// The ids of the first thousand messages of `chat`, oldest first.
+    async fn ids_in(store: &EmbeddedStore, chat: &str) -> Vec<u64> {
+        let page = store.page_after(chat, 0, 1000).await.unwrap();
+        page.iter().map(|m| m.id).collect()
     }
 
     /// Waits until the flusher has moved every row to the tree.
