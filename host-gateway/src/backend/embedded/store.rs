@@ -218,16 +218,13 @@ fn group_commit_writer(
     // still be on disk and come back at the next start, so storing a retry
     // under a new id now could be undone by that restore.
     let mut unsure = std::collections::HashSet::new();
-    loop {
+    // Whether the loop ended because the flusher stopped (else the store was dropped).
+    let flusher_stopped = loop {
         if spare.is_none() {
             match emptied.try_recv() {
                 Ok(empty) => spare = Some(empty),
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    tracing::error!("store: the flusher stopped; appends stop too");
-                    failure.set("the flusher stopped");
-                    break;
-                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break true,
             }
         }
         let due = journal.recorded_bytes() >= FLUSH_BYTES
@@ -242,16 +239,14 @@ fn group_commit_writer(
                 })
                 .is_err()
             {
-                tracing::error!("store: the flusher stopped; appends stop too");
-                failure.set("the flusher stopped");
-                break;
+                break true;
             }
             oldest = None;
         }
         let first = match jobs.recv_timeout(flush_interval) {
             Ok(job) => job,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
         };
         let mut group = vec![first];
         while let Ok(job) = jobs.try_recv() {
@@ -275,9 +270,7 @@ fn group_commit_writer(
                     )));
                 }
                 if stopped {
-                    tracing::error!("store: the flusher stopped; appends stop too");
-                    failure.set("the flusher stopped");
-                    break;
+                    break true;
                 }
                 continue;
             }
@@ -318,6 +311,10 @@ fn group_commit_writer(
                 }
             }
         }
+    };
+    if flusher_stopped {
+        tracing::error!("store: the flusher stopped; appends stop too");
+        failure.set("the flusher stopped");
     }
     // A clean shutdown leaves the journals empty: the running flush (if
     // any) finishes, then the rest goes in a last one. A flush that fails
@@ -1200,11 +1197,12 @@ mod tests {
         let held = faults.clearing.lock().unwrap();
         // 1 MiB messages: the first 4 MiB go to a flush that cannot end,
         // the rest fill the other journal up to its limit.
+        const MIB: u64 = 1 << 20;
         let big = |n: usize| NewMessage {
-            content: "x".repeat(1 << 20),
+            content: "x".repeat(MIB as usize),
             ..new_message("c", "alice", &format!("m{n}"))
         };
-        let limit = (MAX_UNFLUSHED_BYTES >> 20) as usize + FLUSH_BYTES as usize / (1 << 20);
+        let limit = ((MAX_UNFLUSHED_BYTES + FLUSH_BYTES) / MIB) as usize;
         let mut acked = Vec::new();
         let mut refused = None;
         for n in 0..limit + 8 {
@@ -1222,7 +1220,7 @@ mod tests {
             "{error:?}"
         );
         assert!(
-            n >= (MAX_UNFLUSHED_BYTES >> 20) as usize,
+            n >= (MAX_UNFLUSHED_BYTES / MIB) as usize,
             "refused after {n} MiB"
         );
         // The flush ends: the retry is stored, after everything acked.
