@@ -166,10 +166,9 @@ pub async fn one_to_one_loads(
         let load = rate / peak;
         let before = ServerMetrics::scrape(&target).await;
         let sockets = pairs(&target, sizes.pairs).await?;
-        let cpu_before = (target.cpu_time(), cpu_time_of("self"));
+        let cpu_before = CpuTimes::read(&target);
         let lat = open_loop(sockets, rate, sizes.duration).await?;
-        let cpu_after = (target.cpu_time(), cpu_time_of("self"));
-        let cores = Cores::over(sizes.duration, cpu_before, cpu_after);
+        let cores = cpu_before.cores_since(&target, sizes.duration);
         let during = ServerMetrics::scrape(&target).await.since(&before);
         let invocations = "switchboard_component_invocation_seconds";
         let (send, fanout) = (r#"component="send""#, r#"component="fanout""#);
@@ -206,21 +205,31 @@ pub async fn one_to_one_loads(
     Ok(())
 }
 
+/// CPU time used so far by the server processes and by this process.
+struct CpuTimes {
+    server: Option<Duration>,
+    bench: Option<Duration>,
+}
+
 /// CPU cores in use over a phase, as printed ("-" where unreadable).
 struct Cores {
     server: String,
     bench: String,
 }
 
-impl Cores {
-    /// Cores the server and this process used between two readings of
-    /// their CPU times, spread over `sending`: the time messages were
-    /// offered (the receivers' wait for stragglers after it costs ~nothing).
-    fn over(
-        sending: Duration,
-        before: (Option<Duration>, Option<Duration>),
-        after: (Option<Duration>, Option<Duration>),
-    ) -> Self {
+impl CpuTimes {
+    fn read(target: &Target) -> Self {
+        Self {
+            server: target.cpu_time(),
+            bench: cpu_time_of("self"),
+        }
+    }
+
+    /// Cores used since this reading, spread over `sending`: the time
+    /// messages were offered (the receivers' wait for stragglers after it
+    /// adds little CPU).
+    fn cores_since(&self, target: &Target, sending: Duration) -> Cores {
+        let now = Self::read(target);
         let wall = sending.as_secs_f64();
         let cores = |earlier: Option<Duration>, later: Option<Duration>| match (earlier, later) {
             (Some(e), Some(l)) if wall > 0.0 => {
@@ -228,9 +237,9 @@ impl Cores {
             }
             _ => "-".to_owned(),
         };
-        Self {
-            server: cores(before.0, after.0),
-            bench: cores(before.1, after.1),
+        Cores {
+            server: cores(self.server, now.server),
+            bench: cores(self.bench, now.bench),
         }
     }
 }

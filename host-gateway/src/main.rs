@@ -74,14 +74,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// Turns transparent huge pages off for this process.
 ///
-/// mimalloc asks for huge pages on its arenas, and every time it reuses memory
-/// it had handed back, the fault zeroes a whole 2 MiB page (and, with the
+/// mimalloc asks for huge pages on its arenas, and when it reuses memory it
+/// had handed back, the fault zeroes a whole 2 MiB page (and, with the
 /// kernel's usual `defrag=madvise`, may first compact memory to find one) on
-/// whichever thread touched it: the store writer or a socket worker, with
-/// acknowledgements waiting. Profiled at 64k msg/s, that zeroing alone was 8%
-/// of the gateway's CPU. Turning it off took the 1:1 p99 at 28k msg/s from
-/// 30-32 ms to 16-22 ms, and at 14k from 21-81 ms to 10-12 ms, at the same
-/// CPU and peak (`switchboard-bench one-to-one`, three alternated runs each).
+/// whichever thread touched it: the store writer, the flusher or a socket
+/// worker, with acknowledgements waiting. Profiled at the 1:1 peak (68k
+/// msg/s), that zeroing was 8% of the gateway's CPU. Turning it off took the
+/// 1:1 p99 at 28k msg/s from 30-32 ms to 16-22 ms, and at 14k from 21-81 ms
+/// to 10-12 ms, at the same CPU and peak (`switchboard-bench one-to-one`,
+/// three alternated runs each).
 fn avoid_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
