@@ -677,13 +677,16 @@ mod cassandra_backend {
 
     /// Two gateways writing one chat concurrently: every id is unique and
     /// increasing in commit order, so a reader following the chat by cursor
-    /// while they write sees every message, none twice.
+    /// while they write sees every message, none twice. Buckets of 200 ms
+    /// make the writers cross several while racing; much shorter ones
+    /// approach a round's time on a cold cluster, where every round moves
+    /// to a new bucket and sealing makes the other writer's commit lose.
     #[tokio::test]
     async fn gateways_share_a_chat_in_commit_order() {
         let ks = keyspace();
-        let a = Arc::new(store_in(&ks, 1, 50).await);
-        let b = Arc::new(store_in(&ks, 2, 50).await);
-        let reader = store_in(&ks, 3, 50).await;
+        let a = Arc::new(store_in(&ks, 1, 200).await);
+        let b = Arc::new(store_in(&ks, 2, 200).await);
+        let reader = store_in(&ks, 3, 200).await;
         let writer = |store: Arc<CassandraStore>, who: &'static str| {
             tokio::spawn(async move {
                 for i in 0..60 {

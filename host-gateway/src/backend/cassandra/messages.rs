@@ -21,8 +21,16 @@ pub const DEFAULT_BUCKET_MS: i64 = 24 * 3600 * 1000;
 /// `head` of a bucket that a newer bucket has taken over from.
 const SEALED: i64 = -1;
 
-/// How many rounds one append may take before giving up under contention.
+/// How many rounds one append may lose to other writers (their commit or
+/// seal landing first) before giving up under contention.
 const MAX_ROUNDS: usize = 32;
+
+/// How many rounds one append may take in all. Rounds that are not lost
+/// make progress (a commit, retries found) or follow the clock into a new
+/// bucket, so this only guards against a bug looping forever; short
+/// buckets under a slow cluster can spend several rounds per message on
+/// bucket moves.
+const MAX_ROUNDS_IN_ALL: usize = 8 * MAX_ROUNDS;
 
 /// Limits of one transaction: half of Cassandra's default batch size
 /// failure threshold (`batch_size_fail_threshold`: 50 KiB), counting row
@@ -316,9 +324,10 @@ impl CassandraStore {
         }
 
         let mut rounds = 0;
+        let mut lost = 0;
         while !pending.is_empty() {
             rounds += 1;
-            if rounds > MAX_ROUNDS {
+            if lost >= MAX_ROUNDS || rounds > MAX_ROUNDS_IN_ALL {
                 return Err(StoreError::Unavailable(format!(
                     "cassandra: chat {chat} too contended to commit"
                 )));
@@ -360,6 +369,8 @@ impl CassandraStore {
                 continue;
             }
             if head.last == Some(SEALED) {
+                // Another writer opened a newer bucket.
+                lost += 1;
                 self.heads.forget(chat);
                 continue;
             }
@@ -375,6 +386,7 @@ impl CassandraStore {
                         start
                     }
                     None => {
+                        lost += 1;
                         self.heads.forget(chat);
                         continue;
                     }
@@ -492,6 +504,9 @@ impl CassandraStore {
                         .map(|&(i, _, _)| client_key(&messages[i]))
                         .collect();
                     let claimed = self.claimed(chat, head.bucket, keys).await?;
+                    if claimed.is_empty() {
+                        lost += 1;
+                    }
                     for &(i, _, _) in &ids {
                         if let Some(&id) = claimed.get(&client_key(&messages[i])) {
                             results[i] = Some(self.duplicate_of(chat, id).await?);
