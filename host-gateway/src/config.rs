@@ -101,9 +101,10 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_CASSANDRA_TIMEOUT_MS", default_value_t = 3000)]
     pub cassandra_timeout_ms: u64,
 
-    /// Parallel dispatch lanes; frames of one chat always share a lane, which keeps them in order.
-    #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES", default_value_t = 4)]
-    pub dispatch_lanes: usize,
+    /// Parallel dispatch lanes; frames of one chat always share a lane,
+    /// which keeps them in order. Default: one per two cores.
+    #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES")]
+    pub dispatch_lanes: Option<usize>,
 
     /// Serve the internal store API (`/internal/v1/`, for HTTP components
     /// running on Spin) to callers with this bearer token, at least 32
@@ -119,4 +120,22 @@ pub enum BackendKind {
     Embedded,
     /// Redis (presence, registry, Pub/Sub) and Cassandra (messages, chats).
     Cluster,
+}
+
+impl Config {
+    /// Dispatch lanes to run: as configured, else one per two cores.
+    ///
+    /// A saturated lane keeps about one core busy running `send`; the other
+    /// cores go to sockets, fan-out and the store writer. Each lane also
+    /// pays its own invocations, wake-ups and store round trip per batch,
+    /// so lanes beyond that only split the same frames into smaller
+    /// batches: on two cores, four lanes used 15-25% more CPU than one at
+    /// the same message rate (docs/benchmarks.md).
+    pub fn lanes(&self) -> usize {
+        self.dispatch_lanes
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, |cores| cores.get() / 2)
+            })
+            .max(1)
+    }
 }

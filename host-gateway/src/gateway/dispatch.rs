@@ -23,8 +23,14 @@ use crate::ids::now_ms;
 use crate::metrics::{self, Lane};
 use crate::runtime::{ConnectionEvent, InboundFrame, InvokeError, Lifecycle, Runtime, Stored};
 
-/// Most frames one invocation takes.
-const MAX_BATCH: usize = 128;
+/// Most frames one invocation takes. Large, because under load a lane's
+/// batch is what it gathered during its previous invocation, and the cost
+/// of an invocation and its store commit is mostly per batch.
+const MAX_BATCH: usize = 512;
+/// Most frame bytes one invocation takes (the batch ends with the frame
+/// that reaches it), so a batch of large frames stays well within a
+/// component's memory limit.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Frames a lane queues before readers wait (backpressure to the sockets).
 const LANE_CAPACITY: usize = 4096;
 /// Stored batches a lane's fan-out may fall behind its commits before the
@@ -135,13 +141,38 @@ impl Dispatcher {
     }
 }
 
-/// Takes the first queued item (waiting for it) and whatever else is queued.
-async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
+/// What a queued item weighs against `MAX_BATCH_BYTES`.
+trait Weight {
+    fn bytes(&self) -> usize;
+}
+
+impl Weight for Job {
+    fn bytes(&self) -> usize {
+        self.frame.body.len()
+    }
+}
+
+impl Weight for PresenceJob {
+    fn bytes(&self) -> usize {
+        match self {
+            PresenceJob::Frame(job) => job.bytes(),
+            PresenceJob::Lifecycle(_) => 0,
+        }
+    }
+}
+
+/// Takes the first queued item (waiting for it) and whatever else is
+/// queued, within the batch limits.
+async fn next_batch<T: Weight>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
     let first = rx.recv().await?;
+    let mut bytes = first.bytes();
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
         match rx.try_recv() {
-            Ok(item) => batch.push(item),
+            Ok(item) => {
+                bytes += item.bytes();
+                batch.push(item);
+            }
             Err(_) => break,
         }
     }
@@ -305,5 +336,50 @@ async fn presence_worker(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(body_bytes: usize) -> Job {
+        Job {
+            frame: InboundFrame {
+                connection: 1,
+                user_id: "alice".into(),
+                kind: "sendMessage".into(),
+                body: "x".repeat(body_bytes),
+                received_at: 0,
+            },
+            client_msg_id: None,
+            queued: Instant::now(),
+        }
+    }
+
+    async fn batch_sizes(jobs: impl IntoIterator<Item = Job>) -> Vec<usize> {
+        let (tx, mut rx) = mpsc::channel(LANE_CAPACITY);
+        for j in jobs {
+            tx.send(j).await.unwrap();
+        }
+        drop(tx);
+        let mut sizes = Vec::new();
+        while let Some(batch) = next_batch(&mut rx).await {
+            sizes.push(batch.len());
+        }
+        sizes
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_what_is_queued_up_to_its_count() {
+        let sizes = batch_sizes((0..MAX_BATCH + 10).map(|_| job(100))).await;
+        assert_eq!(sizes, [MAX_BATCH, 10]);
+    }
+
+    #[tokio::test]
+    async fn large_frames_end_a_batch_early() {
+        // 1 MiB frames: the fourth reaches the byte limit and ends the batch.
+        let sizes = batch_sizes((0..6).map(|_| job(1 << 20))).await;
+        assert_eq!(sizes, [4, 2]);
     }
 }

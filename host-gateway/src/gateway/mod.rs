@@ -124,11 +124,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Arc<App>> {
     let source = Runtime::source(config.components_dir.as_deref());
     let runtime = Arc::new(Runtime::new(&source, shared, limits).context("loading components")?);
     let (shutdown_trigger, shutting_down) = tokio::sync::watch::channel(false);
-    let dispatcher = Dispatcher::start(
-        runtime.clone(),
-        backends.router.clone(),
-        config.dispatch_lanes.max(1),
-    );
+    let dispatcher = Dispatcher::start(runtime.clone(), backends.router.clone(), config.lanes());
     tokio::spawn(sweep_expired_presence(
         runtime.clone(),
         backends.clone(),
