@@ -129,7 +129,7 @@ impl Config {
     /// cores go to sockets, fan-out and the store writer. Each lane also
     /// pays its own invocations, wake-ups and store round trip per batch,
     /// so lanes beyond that only split the same frames into smaller
-    /// batches: on two cores, four lanes used 15-25% more CPU than one at
+    /// batches: on two cores, four lanes used 10-30% more CPU than one at
     /// the same message rate (docs/benchmarks.md).
     pub fn lanes(&self) -> usize {
         self.dispatch_lanes
