@@ -102,7 +102,8 @@ pub struct Config {
     pub cassandra_timeout_ms: u64,
 
     /// Parallel dispatch lanes; frames of one chat always share a lane,
-    /// which keeps them in order. Default: one per two cores.
+    /// which keeps them in order. Default: one per two cores on the
+    /// embedded backend, four on the cluster.
     #[arg(long, env = "SWITCHBOARD_DISPATCH_LANES")]
     pub dispatch_lanes: Option<usize>,
 
@@ -123,18 +124,25 @@ pub enum BackendKind {
 }
 
 impl Config {
-    /// Dispatch lanes to run: as configured, else one per two cores.
+    /// Dispatch lanes to run: as configured, else one per two cores on the
+    /// embedded backend and four on the cluster.
     ///
-    /// A saturated lane keeps about one core busy running `send`; the other
-    /// cores go to sockets, fan-out and the store writer. Each lane also
-    /// pays its own invocations, wake-ups and store round trip per batch,
-    /// so lanes beyond that only split the same frames into smaller
-    /// batches: on two cores, four lanes used 10-30% more CPU than one at
-    /// the same message rate (docs/benchmarks.md).
+    /// Embedded, a lane's cost is CPU: a saturated lane keeps about one
+    /// core busy running `send`, the other cores go to sockets, fan-out and
+    /// the store writer, and each lane pays its own invocations, wake-ups
+    /// and store round trip per batch. More lanes on few cores only split
+    /// the same frames into smaller batches: on two cores, four lanes used
+    /// 10-30% more CPU than one at the same message rate. On the cluster a
+    /// batch waits tens of milliseconds on Cassandra transactions, and
+    /// lanes are what overlaps them: one lane doubled the median latency
+    /// at 1,000 msg/s against four (docs/benchmarks.md).
     pub fn lanes(&self) -> usize {
         self.dispatch_lanes
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |cores| cores.get() / 2)
+            .unwrap_or_else(|| match self.backend {
+                BackendKind::Embedded => {
+                    std::thread::available_parallelism().map_or(1, |cores| cores.get() / 2)
+                }
+                BackendKind::Cluster => 4,
             })
             .max(1)
     }
