@@ -13,5 +13,7 @@ fi
 samples="$(mktemp -d)"
 ulimit -n 65536 2>/dev/null || true
 target/release/switchboard-bench --bin target/release/switchboard --samples-dir "$samples" "$@" | tee "$samples/table.md"
+# The plots need matplotlib, which a fresh machine lacks.
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet matplotlib
 python3 bench/scripts/plot.py "$samples" docs/benchmarks
 echo "table: $samples/table.md"
