@@ -31,8 +31,11 @@ const MAX_BATCH: usize = 512;
 /// that reaches it), so a batch of large frames stays well within a
 /// component's memory limit.
 const MAX_BATCH_BYTES: usize = 4 << 20;
-/// Frames a lane queues before readers wait (backpressure to the sockets).
-const LANE_CAPACITY: usize = 4096;
+/// Frames the lanes of a kind queue in all before readers wait
+/// (backpressure to the sockets), split evenly among them. It is a total so
+/// that fewer lanes do not mean less room: with 1,000 busy senders a lane
+/// of 4,096 frames stayed full, and readers waiting on it halved the peak.
+const QUEUED_FRAMES: usize = 16 * 1024;
 /// Stored batches a lane's fan-out may fall behind its commits before the
 /// lane waits for it.
 const FANOUT_BACKLOG: usize = 64;
@@ -73,11 +76,12 @@ impl Dispatcher {
     pub fn start(runtime: Arc<Runtime>, router: Arc<dyn Router>, lanes: usize) -> Self {
         let mut send_lanes = Vec::with_capacity(lanes);
         let mut presence_lanes = Vec::with_capacity(lanes);
+        let capacity = (QUEUED_FRAMES / lanes).max(MAX_BATCH);
         for _ in 0..lanes {
-            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            let (tx, rx) = mpsc::channel(capacity);
             tokio::spawn(send_worker(runtime.clone(), router.clone(), rx));
             send_lanes.push(tx);
-            let (tx, rx) = mpsc::channel(LANE_CAPACITY);
+            let (tx, rx) = mpsc::channel(capacity);
             tokio::spawn(presence_worker(runtime.clone(), router.clone(), rx));
             presence_lanes.push(tx);
         }
@@ -358,7 +362,7 @@ mod tests {
     }
 
     async fn batch_sizes(jobs: impl IntoIterator<Item = Job>) -> Vec<usize> {
-        let (tx, mut rx) = mpsc::channel(LANE_CAPACITY);
+        let (tx, mut rx) = mpsc::channel(QUEUED_FRAMES);
         for j in jobs {
             tx.send(j).await.unwrap();
         }
