@@ -678,9 +678,10 @@ mod cassandra_backend {
     /// Two gateways writing one chat concurrently: every id is unique and
     /// increasing in commit order, so a reader following the chat by cursor
     /// while they write sees every message, none twice. Buckets of 200 ms
-    /// make the writers cross several while racing; much shorter ones
-    /// approach a round's time on a cold cluster, where every round moves
-    /// to a new bucket and sealing makes the other writer's commit lose.
+    /// make the writers cross several while racing. With 50 ms ones, an
+    /// append took up to 14 rounds on a warm node, about half of them
+    /// following the clock into a new bucket, and once on a just-started
+    /// node in CI one ran out of rounds.
     #[tokio::test]
     async fn gateways_share_a_chat_in_commit_order() {
         let ks = keyspace();
