@@ -112,3 +112,29 @@ async fn reconnect_catches_up_from_the_last_id() {
     assert_eq!(ids(&page), missed);
     bob.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// A device is reachable once its handshake completes: a message sent right after it connects is pushed to it, every time (on a cluster, from another gateway).
+#[tokio::test]
+async fn a_device_is_reachable_once_its_handshake_completes() {
+    let server = Server::start().await;
+    let chat = server
+        .create_chat("alice", json!({"members": ["bob"]}))
+        .await;
+    let bases = server.gateway_bases();
+    let mut alice = server
+        .connect_at(&bases[0], "alice")
+        .await
+        .expect("alice connects");
+    for round in 0..20 {
+        let mut bob = server
+            .connect_at(&bases[bases.len() - 1], "bob")
+            .await
+            .expect("bob connects");
+        let sent = alice
+            .send_id(&chat, &format!("right after {round}"), &format!("c{round}"))
+            .await;
+        let got = bob.recv_type("receiveMessage").await;
+        assert_eq!(got["messageId"], sent.as_str(), "round {round}");
+        bob.close().await;
+    }
+}

@@ -1,6 +1,12 @@
 //! One task per WebSocket connection: authenticate, register, then pump
 //! frames both ways until either side leaves.
 //!
+//! The connection is registered before the handshake is answered, so a
+//! client whose handshake has completed is already reachable: a message
+//! stored after that moment is pushed to it, and one stored before is in the
+//! catch-up page it asks for next. Registering afterwards left a window in
+//! which a message was neither.
+//!
 //! The task reads client frames, routes them (`envelope`) and queues them
 //! (`dispatch`); it writes whatever the components queued for this
 //! connection (its `Outbox`). Framing faults end the connection with the
@@ -22,7 +28,7 @@ use super::App;
 use super::envelope;
 use super::rest::{bearer_token, error};
 use crate::auth::Identity;
-use crate::backend::{ConnectionId, Outbox};
+use crate::backend::{ConnectionId, Frame, Outbox};
 use crate::runtime::Lifecycle;
 
 /// How long a closing handshake may take before the socket is just dropped.
@@ -72,6 +78,13 @@ pub async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    let (frames_tx, frames_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let lagged = Arc::new(Notify::new());
+    let outbox = Outbox {
+        frames: frames_tx,
+        lagged: lagged.clone(),
+    };
+    let registration = Registration::open(app.clone(), identity.user_id.clone(), outbox).await;
     upgrade
         // Chat frames are small and most sockets are idle: tungstenite's
         // 128 KiB default buffers would cost ~130 KiB per idle connection.
@@ -82,7 +95,68 @@ pub async fn upgrade(
         .max_write_buffer_size(app.max_frame_bytes * 16)
         .max_message_size(app.max_frame_bytes)
         .max_frame_size(app.max_frame_bytes)
-        .on_upgrade(move |socket| connection(app, identity, socket))
+        // A failed upgrade drops this closure, and with it the registration.
+        .on_upgrade(move |socket| {
+            connection(app, identity, registration, frames_rx, lagged, socket)
+        })
+}
+
+/// A connection's entry in the router and its presence. Ended by `close`,
+/// or, if the connection never got its socket (a failed upgrade, a runtime
+/// shutting down), when dropped.
+struct Registration {
+    app: Arc<App>,
+    user: String,
+    connection_id: ConnectionId,
+    open: bool,
+}
+
+impl Registration {
+    async fn open(app: Arc<App>, user: String, outbox: Outbox) -> Self {
+        let connection_id: ConnectionId = app.next_connection_id();
+        app.backends
+            .router
+            .register(&user, connection_id, outbox)
+            .await;
+        app.dispatcher
+            .lifecycle(connection_id, &user, Lifecycle::Connected)
+            .await;
+        crate::metrics::connection_opened();
+        tracing::debug!(%user, connection_id, "connected");
+        Registration {
+            app,
+            user,
+            connection_id,
+            open: true,
+        }
+    }
+
+    async fn close(mut self) {
+        self.open = false;
+        leave(&self.app, &self.user, self.connection_id).await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let (app, user, connection_id) = (self.app.clone(), self.user.clone(), self.connection_id);
+        // Outside a runtime there is nobody left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { leave(&app, &user, connection_id).await });
+        }
+    }
+}
+
+async fn leave(app: &App, user: &str, connection_id: ConnectionId) {
+    app.backends.router.unregister(user, connection_id).await;
+    app.dispatcher
+        .lifecycle(connection_id, user, Lifecycle::Disconnected)
+        .await;
+    crate::metrics::connection_closed();
+    tracing::debug!(%user, connection_id, "disconnected");
 }
 
 fn error_frame(code: &str, message: &str, client_msg_id: Option<&str>) -> Message {
@@ -121,28 +195,16 @@ fn until_expiry(identity: &Identity) -> Duration {
     Duration::from_secs((identity.expires_at - now).max(0) as u64)
 }
 
-async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
-    let connection_id: ConnectionId = app.next_connection_id();
+async fn connection(
+    app: Arc<App>,
+    identity: Identity,
+    registration: Registration,
+    mut frames_rx: mpsc::Receiver<Frame>,
+    lagged: Arc<Notify>,
+    socket: WebSocket,
+) {
+    let connection_id = registration.connection_id;
     let user = identity.user_id.clone();
-    let (frames_tx, mut frames_rx) = mpsc::channel(OUTBOX_CAPACITY);
-    let lagged = Arc::new(Notify::new());
-    app.backends
-        .router
-        .register(
-            &user,
-            connection_id,
-            Outbox {
-                frames: frames_tx,
-                lagged: lagged.clone(),
-            },
-        )
-        .await;
-    app.dispatcher
-        .lifecycle(connection_id, &user, Lifecycle::Connected)
-        .await;
-    crate::metrics::connection_opened();
-    tracing::debug!(%user, connection_id, "connected");
-
     let (mut sink, mut stream) = socket.split();
     let expiry = tokio::time::sleep(until_expiry(&identity));
     tokio::pin!(expiry);
@@ -230,10 +292,5 @@ async fn connection(app: Arc<App>, identity: Identity, socket: WebSocket) {
         .await;
     }
 
-    app.backends.router.unregister(&user, connection_id).await;
-    app.dispatcher
-        .lifecycle(connection_id, &user, Lifecycle::Disconnected)
-        .await;
-    crate::metrics::connection_closed();
-    tracing::debug!(%user, connection_id, "disconnected");
+    registration.close().await;
 }
