@@ -261,22 +261,32 @@ async fn fail(
 
 /// Pairs newly stored messages with the connection each came from (which
 /// already has it, through its `sent` ack).
+///
+/// The component stores a batch's messages in frame order, so the search
+/// resumes after the last match: one pass over the batch instead of one per
+/// message (a batch holds up to `MAX_BATCH` frames). It still wraps around,
+/// so any order gives the right answer.
 fn with_origins(
     frames: &[InboundFrame],
     client_ids: &[Option<String>],
     stored: Vec<crate::runtime::bindings::Message>,
 ) -> Vec<Stored> {
+    let mut resume = 0;
     stored
         .into_iter()
         .map(|message| {
-            let origin = frames
-                .iter()
-                .zip(client_ids)
-                .find(|(f, id)| {
-                    f.user_id == message.sender_id && id.as_deref() == Some(&message.client_msg_id)
-                })
-                .map(|(f, _)| f.connection);
-            Stored { message, origin }
+            let is_origin = |i: &usize| {
+                frames[*i].user_id == message.sender_id
+                    && client_ids[*i].as_deref() == Some(&message.client_msg_id)
+            };
+            let found = (resume..frames.len()).chain(0..resume).find(is_origin);
+            if let Some(i) = found {
+                resume = i + 1;
+            }
+            Stored {
+                origin: found.map(|i| frames[i].connection),
+                message,
+            }
         })
         .collect()
 }
@@ -379,6 +389,59 @@ mod tests {
     async fn a_batch_takes_what_is_queued_up_to_its_count() {
         let sizes = batch_sizes((0..MAX_BATCH + 10).map(|_| job(100))).await;
         assert_eq!(sizes, [MAX_BATCH, 10]);
+    }
+
+    fn sent(
+        connection: ConnectionId,
+        user: &str,
+        client_msg_id: &str,
+    ) -> (InboundFrame, Option<String>) {
+        let mut j = job(10);
+        j.frame.connection = connection;
+        j.frame.user_id = user.into();
+        (j.frame, Some(client_msg_id.into()))
+    }
+
+    fn message(user: &str, client_msg_id: &str) -> crate::runtime::bindings::Message {
+        crate::runtime::bindings::Message {
+            id: 1,
+            chat_id: "dm:alice:bob".into(),
+            sender_id: user.into(),
+            client_msg_id: client_msg_id.into(),
+            content: "hi".into(),
+            timestamp: 0,
+            prev_id: 0,
+        }
+    }
+
+    #[test]
+    fn stored_messages_are_paired_with_the_connection_they_came_from() {
+        let (frames, client_ids): (Vec<_>, Vec<_>) = [
+            sent(1, "alice", "a1"),
+            sent(2, "bob", "a1"),
+            sent(1, "alice", "a2"),
+            sent(3, "carol", "c1"),
+        ]
+        .into_iter()
+        .unzip();
+        // Out of frame order, one refused (carol's), one from no frame here.
+        let stored = ["bob/a1", "alice/a2", "alice/a1", "dave/d1"]
+            .map(|k| k.split_once('/').unwrap())
+            .map(|(user, id)| message(user, id))
+            .to_vec();
+        let origins: Vec<_> = with_origins(&frames, &client_ids, stored)
+            .into_iter()
+            .map(|s| (s.message.client_msg_id, s.origin))
+            .collect();
+        assert_eq!(
+            origins,
+            [
+                ("a1".to_string(), Some(2)),
+                ("a2".to_string(), Some(1)),
+                ("a1".to_string(), Some(1)),
+                ("d1".to_string(), None),
+            ]
+        );
     }
 
     #[tokio::test]
