@@ -155,9 +155,9 @@ pub async fn one_to_one_loads(
         target.name, sizes.pairs, sizes.window
     );
     println!(
-        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | server cores | bench cores | msgs per send call | send call us | fanout call us | p99 ms: lane wait / append / send call / fanout wait |"
+        "| load | offered msg/s | delivered | p50 ms | p90 ms | p99 ms | max ms | server cores | bench cores | msgs per send call | send call us | append us | fanout call us | p99 ms: lane wait / append / send call / fanout wait |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     let rates: Vec<f64> = match offered {
         Offered::FractionsOfPeak(loads) => loads.iter().map(|load| peak * load).collect(),
         Offered::Rates(rates) => rates.clone(),
@@ -185,7 +185,7 @@ pub async fn one_to_one_loads(
         })
         .join(" / ");
         println!(
-            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.0} | {:.0} | {stages} |",
+            "| {load:.2} | {rate:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {stages} |",
             lat.len(),
             ms(&lat, 0.5),
             ms(&lat, 0.9),
@@ -199,6 +199,7 @@ pub async fn one_to_one_loads(
                 0.0
             },
             during.mean(invocations, send) * 1e6,
+            during.mean("switchboard_store_append_seconds", "") * 1e6,
             during.mean(invocations, fanout) * 1e6,
         );
     }
