@@ -102,8 +102,8 @@ pub async fn upgrade(
 }
 
 /// A connection's entry in the router and its presence. Ended by `close`,
-/// or, if the connection never got its socket (a failed upgrade, a runtime
-/// shutting down), when dropped.
+/// or, if the connection never got its socket (a failed upgrade, a client
+/// gone mid-handshake, a runtime shutting down), when dropped.
 struct Registration {
     app: Arc<App>,
     user: String,
@@ -113,22 +113,30 @@ struct Registration {
 
 impl Registration {
     async fn open(app: Arc<App>, user: String, outbox: Outbox) -> Self {
-        let connection_id: ConnectionId = app.next_connection_id();
-        app.backends
-            .router
-            .register(&user, connection_id, outbox)
-            .await;
-        app.dispatcher
-            .lifecycle(connection_id, &user, Lifecycle::Connected)
-            .await;
-        crate::metrics::connection_opened();
-        tracing::debug!(%user, connection_id, "connected");
-        Registration {
+        // The guard exists before the first await: the handshake's future is
+        // dropped if its client goes away, and what was registered by then
+        // must be undone.
+        let registration = Registration {
+            connection_id: app.next_connection_id(),
             app,
             user,
-            connection_id,
             open: true,
-        }
+        };
+        crate::metrics::connection_opened();
+        let (app, user, connection_id) = (
+            &registration.app,
+            &registration.user,
+            registration.connection_id,
+        );
+        app.backends
+            .router
+            .register(user, connection_id, outbox)
+            .await;
+        app.dispatcher
+            .lifecycle(connection_id, user, Lifecycle::Connected)
+            .await;
+        tracing::debug!(%user, connection_id, "connected");
+        registration
     }
 
     async fn close(mut self) {
