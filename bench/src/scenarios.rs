@@ -171,11 +171,12 @@ pub async fn one_to_one_loads(
         let cores = cpu_before.cores_since(&target, sizes.duration);
         let during = ServerMetrics::scrape(&target).await.since(&before);
         let invocations = "switchboard_component_invocation_seconds";
+        let appends = "switchboard_store_append_seconds";
         let (send, fanout) = (r#"component="send""#, r#"component="fanout""#);
         let sends = during.count(invocations, send);
         let stages = [
             ("switchboard_dispatch_wait_seconds", r#"lane="send""#),
-            ("switchboard_store_append_seconds", ""),
+            (appends, ""),
             (invocations, send),
             ("switchboard_fanout_wait_seconds", ""),
         ]
@@ -199,7 +200,7 @@ pub async fn one_to_one_loads(
                 0.0
             },
             during.mean(invocations, send) * 1e6,
-            during.mean("switchboard_store_append_seconds", "") * 1e6,
+            during.mean(appends, "") * 1e6,
             during.mean(invocations, fanout) * 1e6,
         );
     }
