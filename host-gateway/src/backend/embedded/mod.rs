@@ -5,6 +5,7 @@
 mod journal;
 mod presence;
 mod router;
+mod runs;
 mod store;
 mod unflushed;
 

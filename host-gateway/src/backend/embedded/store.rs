@@ -6,8 +6,8 @@
 //! and syncs it, one sequential write, and then acknowledges the group. The
 //! rows wait in memory (see `unflushed.rs`), where every read finds them,
 //! until a flusher thread writes everything gathered over 100 ms (or 4 MiB)
-//! to the B-tree in one synced transaction and the journal it came from is
-//! emptied. So the tree's page writes and its fsync, which cost as much
+//! to the B-tree in one synced transaction (each chat's messages as runs,
+//! see `runs.rs`) and the journal it came from is emptied. So the tree's page writes and its fsync, which cost as much
 //! for a group of three messages as for thousands, are paid ten times a
 //! second, off the path of any acknowledgement. There are two journals: the
 //! writer appends to one while the flusher empties the other.
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::journal::Journal;
+use super::runs;
 use super::unflushed::{Rows, SharedUnflushed, Unflushed, client_key};
 
 use crate::backend::{
@@ -30,7 +31,8 @@ use crate::backend::{
 };
 use crate::ids::Snowflake;
 
-/// (chat, message id) -> message as JSON.
+/// (chat, id of the last message of the run) -> a run of the chat's
+/// messages, or one message as JSON (see `runs.rs`).
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (chat, sender, client-msg-id) -> message id: the idempotency index.
 const SENT_BY_CLIENT_ID: TableDefinition<(&str, &str, &str), u64> =
@@ -398,8 +400,12 @@ fn write_rows(db: &Database, rows: &Rows) -> StoreResult<()> {
     let txn = db.begin_write().map_err(backend_err)?;
     {
         let mut messages = txn.open_table(MESSAGES).map_err(backend_err)?;
-        for (chat, id, row) in rows.rows() {
-            messages.insert((chat, id), row).map_err(backend_err)?;
+        for (chat, rows) in rows.chats() {
+            for (last, run) in runs::runs(rows) {
+                messages
+                    .insert((chat, last), run.as_slice())
+                    .map_err(backend_err)?;
+            }
         }
         let mut by_client = txn.open_table(SENT_BY_CLIENT_ID).map_err(backend_err)?;
         for (key, id) in rows.client_ids() {
@@ -606,7 +612,7 @@ fn restore(db: &Database, mut journaled: Vec<Message>) -> anyhow::Result<usize> 
         let mut by_client = txn.open_table(SENT_BY_CLIENT_ID)?;
         for message in journaled {
             let chat = message.chat_id.as_str();
-            if messages.get((chat, message.id))?.is_some() {
+            if runs::get(&messages, chat, message.id)?.is_some() {
                 continue;
             }
             let head = newest_id(&messages, chat)?;
@@ -695,16 +701,11 @@ fn append_group(
             if let Some(earlier) = earlier {
                 let row = match recent.get(&new.chat_id, earlier) {
                     Some(row) => row,
-                    None => messages
-                        .get((new.chat_id.as_str(), earlier))
-                        .map_err(backend_err)?
-                        .ok_or_else(|| {
-                            StoreError::Unavailable(
-                                "idempotency index points at a missing message".into(),
-                            )
-                        })?
-                        .value()
-                        .to_vec(),
+                    None => runs::get(&messages, &new.chat_id, earlier)?.ok_or_else(|| {
+                        StoreError::Unavailable(
+                            "idempotency index points at a missing message".into(),
+                        )
+                    })?,
                 };
                 results.push(Ok(Appended {
                     message: decode(&row)?,
@@ -804,13 +805,7 @@ impl MessageStore for EmbeddedStore {
                 let end = rows.last().map_or(end, |&(id, _)| id);
                 let txn = db.begin_read().map_err(backend_err)?;
                 let table = txn.open_table(MESSAGES).map_err(backend_err)?;
-                let range = table
-                    .range((chat.as_str(), 0)..(chat.as_str(), end))
-                    .map_err(backend_err)?;
-                for row in range.rev().take(limit - rows.len()) {
-                    let (key, value) = row.map_err(backend_err)?;
-                    rows.push((key.value().1, value.value().to_vec()));
-                }
+                rows.extend(runs::before(&table, &chat, end, limit - rows.len())?);
             }
             rows.iter().map(|(_, row)| decode(row)).collect()
         })
@@ -831,13 +826,9 @@ impl MessageStore for EmbeddedStore {
             let txn = db.begin_read().map_err(backend_err)?;
             let table = txn.open_table(MESSAGES).map_err(backend_err)?;
             let stored_end = recent.first().map_or(u64::MAX, |&(id, _)| id);
-            let range = table
-                .range((chat.as_str(), start)..(chat.as_str(), stored_end))
-                .map_err(backend_err)?;
             let mut out = Vec::new();
-            for row in range.take(limit) {
-                let (_, value) = row.map_err(backend_err)?;
-                out.push(decode(value.value())?);
+            for (_, row) in runs::between(&table, &chat, start, stored_end, limit)? {
+                out.push(decode(&row)?);
             }
             for (_, row) in recent.iter().take(limit - out.len()) {
                 out.push(decode(row)?);
@@ -856,8 +847,9 @@ impl MessageStore for EmbeddedStore {
             }
             let txn = db.begin_read().map_err(backend_err)?;
             let table = txn.open_table(MESSAGES).map_err(backend_err)?;
-            let row = table.get((chat.as_str(), id)).map_err(backend_err)?;
-            row.map(|v| decode(v.value())).transpose()
+            runs::get(&table, &chat, id)?
+                .map(|row| decode(&row))
+                .transpose()
         })
         .await
     }

@@ -44,11 +44,11 @@ impl Rows {
         self.by_client.insert(client_key, id);
     }
 
-    /// Every row, chat by chat in id order: what the flusher writes.
-    pub fn rows(&self) -> impl Iterator<Item = (&str, u64, &[u8])> {
-        self.by_chat.iter().flat_map(|(chat, rows)| {
-            rows.iter()
-                .map(move |(&id, row)| (chat.as_str(), id, row.as_slice()))
+    /// Each chat with its rows in id order: what the flusher writes.
+    pub fn chats(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = (u64, &[u8])>)> {
+        self.by_chat.iter().map(|(chat, rows)| {
+            let rows = rows.iter().map(|(&id, row)| (id, row.as_slice()));
+            (chat.as_str(), rows)
         })
     }
 
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(unflushed.newest("other"), None);
 
         let flushed = unflushed.flushed().unwrap();
-        assert_eq!(flushed.rows().count(), 3);
+        assert_eq!(flushed.chats().flat_map(|(_, rows)| rows).count(), 3);
         assert_eq!(ids(unflushed.after("c", 0, 10)), [4, 5]);
         assert_eq!(unflushed.client_id(&client_key("c", "alice", "2")), None);
     }
