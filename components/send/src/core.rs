@@ -144,9 +144,10 @@ impl Refusal {
 /// to store, or a refusal held back so that it is not sent ahead of the
 /// `sent` acks of earlier frames.
 enum PendingSend {
+    /// Its message is the next one of the batch's `to_store`.
     Store {
         connection: u64,
-        message: NewMessage,
+        client_msg_id: String,
     },
     Refused {
         connection: u64,
@@ -159,8 +160,10 @@ enum PendingSend {
 pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Message> {
     let mut batch = Batch {
         platform,
+        max_content_bytes: None,
         chats: HashMap::new(),
         pending: Vec::new(),
+        to_store: Vec::new(),
         stored: Vec::new(),
     };
     for frame in frames {
@@ -172,9 +175,13 @@ pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Messag
 
 struct Batch<'p, P: Platform> {
     platform: &'p P,
+    /// The content limit, asked of the host once per batch.
+    max_content_bytes: Option<u32>,
     /// Chats looked up in this batch: a burst of sends to one chat reads it once.
     chats: HashMap<String, Option<ChatInfo>>,
     pending: Vec<PendingSend>,
+    /// The messages of the `Store` entries of `pending`, in order.
+    to_store: Vec<NewMessage>,
     stored: Vec<Message>,
 }
 
@@ -278,13 +285,13 @@ impl<P: Platform> Batch<'_, P> {
     }
 
     /// The chat, if `user` is a member of it.
-    fn chat_of_member(&mut self, chat: &str, user: &str) -> Result<ChatInfo, Refusal> {
+    fn chat_of_member(&mut self, chat: &str, user: &str) -> Result<&ChatInfo, Refusal> {
         if !self.chats.contains_key(chat) {
             let info = self.platform.get_chat(chat).map_err(Refusal::store)?;
             self.chats.insert(chat.to_owned(), info);
         }
         match self.chats.get(chat) {
-            Some(Some(info)) if info.members.iter().any(|m| m == user) => Ok(info.clone()),
+            Some(Some(info)) if info.members.iter().any(|m| m == user) => Ok(info),
             _ => Err(Refusal::not_member()),
         }
     }
@@ -314,7 +321,9 @@ impl<P: Platform> Batch<'_, P> {
         if content.is_empty() {
             return Err(fail(Refusal::invalid("content must not be empty")));
         }
-        let limit = self.platform.max_content_bytes();
+        let limit = *self
+            .max_content_bytes
+            .get_or_insert_with(|| self.platform.max_content_bytes());
         if content.len() > limit as usize {
             return Err(fail(Refusal::new(
                 "content_too_large",
@@ -324,13 +333,14 @@ impl<P: Platform> Batch<'_, P> {
         self.chat_of_member(chat, &frame.user_id).map_err(fail)?;
         self.pending.push(PendingSend::Store {
             connection: frame.connection,
-            message: NewMessage {
-                chat_id: chat.to_owned(),
-                sender_id: frame.user_id.clone(),
-                client_msg_id: client_msg_id.to_owned(),
-                content: content.to_owned(),
-                timestamp: fields.timestamp,
-            },
+            client_msg_id: client_msg_id.to_owned(),
+        });
+        self.to_store.push(NewMessage {
+            chat_id: chat.to_owned(),
+            sender_id: frame.user_id.clone(),
+            client_msg_id: client_msg_id.to_owned(),
+            content: content.to_owned(),
+            timestamp: fields.timestamp,
         });
         Ok(())
     }
@@ -342,13 +352,7 @@ impl<P: Platform> Batch<'_, P> {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let messages: Vec<NewMessage> = pending
-            .iter()
-            .filter_map(|p| match p {
-                PendingSend::Store { message, .. } => Some(message.clone()),
-                PendingSend::Refused { .. } => None,
-            })
-            .collect();
+        let messages = std::mem::take(&mut self.to_store);
         let results = if messages.is_empty() {
             Vec::new()
         } else {
@@ -365,8 +369,8 @@ impl<P: Platform> Batch<'_, P> {
                 }
                 PendingSend::Store {
                     connection,
-                    message,
-                } => (connection, message.client_msg_id),
+                    client_msg_id,
+                } => (connection, client_msg_id),
             };
             match results.next().unwrap_or(Err(StoreError::Unavailable)) {
                 Ok(appended) => {
@@ -408,7 +412,7 @@ impl<P: Platform> Batch<'_, P> {
             }
         };
         let user = frame.user_id.as_str();
-        let info = self.chat_of_member(chat, user).map_err(fail)?;
+        let info = self.chat_of_member(chat, user).map_err(fail)?.clone();
         let message = self
             .platform
             .get_message(chat, id)
@@ -507,7 +511,7 @@ impl<P: Platform> Batch<'_, P> {
         let fail = |r: Refusal| (r, None);
         let chat = chat_id_field(&body).map_err(fail)?;
         let user = frame.user_id.as_str();
-        let info = self.chat_of_member(chat, user).map_err(fail)?;
+        let info = self.chat_of_member(chat, user).map_err(fail)?.clone();
         let key = format!("typing\u{0}{chat}\u{0}{user}");
         // Throttled (or the limiter is down): nothing to relay; typing is best effort.
         if self.platform.throttle(&key, TYPING_WINDOW_MS) != Ok(true) {
