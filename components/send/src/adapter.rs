@@ -68,12 +68,29 @@ impl core::Platform for Host {
                 timestamp: m.timestamp,
             })
             .collect();
-        message_store::append(&batch)
+        let results = message_store::append(&batch);
+        // A new message comes back as its id: the rest is what was sent.
+        results
             .into_iter()
-            .map(|r| {
-                r.map(|a| Appended {
-                    message: message(a.message),
-                    duplicate: a.duplicate,
+            .zip(batch)
+            .map(|(r, sent)| {
+                r.map(|a| match a.earlier {
+                    Some(earlier) => Appended {
+                        message: message(earlier),
+                        duplicate: true,
+                    },
+                    None => Appended {
+                        message: Message {
+                            id: a.id,
+                            chat_id: sent.chat_id,
+                            sender_id: sent.sender_id,
+                            client_msg_id: sent.client_msg_id,
+                            content: sent.content,
+                            timestamp: sent.timestamp,
+                            prev_id: a.prev_id,
+                        },
+                        duplicate: false,
+                    },
                 })
                 .map_err(store_error)
             })

@@ -133,8 +133,9 @@ impl message_store::Host for HostState {
                 .into_iter()
                 .map(|r| {
                     r.map(|a| message_store::Appended {
-                        message: a.message.into(),
-                        duplicate: a.duplicate,
+                        id: a.message.id,
+                        prev_id: a.message.prev_id,
+                        earlier: a.duplicate.then(|| a.message.into()),
                     })
                     .map_err(Into::into)
                 })
