@@ -2,10 +2,9 @@
 //!
 //! The flusher writes each chat's messages of a flush as runs of up to
 //! [`RUN_MESSAGES`] consecutive messages, one B-tree entry per run, keyed by
-//! (chat, id of the run's last message). An insert costs about the same
-//! whatever the value's size, and with one insert per message the flusher's
-//! tree work was the largest share of the gateway's CPU under load
-//! (docs/benchmarks.md); a busy chat now pays one insert per flush.
+//! (chat, id of the run's last message). With one entry per message, a build
+//! that skipped those inserts had a 14% higher peak (docs/benchmarks.md);
+//! with runs a busy chat pays one insert per flush.
 //!
 //! A value that starts with `{` is a single message as JSON, whose id is the
 //! key's: what files written before runs hold, and what restores and flushes
@@ -16,8 +15,11 @@
 //! in the tree. So the entry holding id `x` is the first one keyed at or
 //! above `x`, if its first id is not above `x`.
 
+use std::borrow::Cow;
+
 use redb::ReadableTable;
 
+use super::store::backend_err;
 use crate::backend::{StoreError, StoreResult};
 
 /// Most messages in one run.
@@ -54,10 +56,10 @@ pub(super) fn encode(rows: &[(u64, &[u8])]) -> Vec<u8> {
 }
 
 /// Cuts a chat's rows, in id order, into the runs a flush writes: each is
-/// (id of its last message, value).
+/// (id of its last message, value). A lone message is its own row, not copied.
 pub(super) fn runs<'a>(
     rows: impl IntoIterator<Item = (u64, &'a [u8])>,
-) -> impl Iterator<Item = (u64, Vec<u8>)> {
+) -> impl Iterator<Item = (u64, Cow<'a, [u8]>)> {
     let mut rows = rows.into_iter().peekable();
     std::iter::from_fn(move || {
         let mut run = Vec::new();
@@ -69,8 +71,8 @@ pub(super) fn runs<'a>(
         }
         let &(last, _) = run.last()?;
         Some(match run.as_slice() {
-            [(_, row)] => (last, row.to_vec()),
-            _ => (last, encode(&run)),
+            [(_, row)] => (last, Cow::Borrowed(*row)),
+            _ => (last, Cow::Owned(encode(&run))),
         })
     })
 }
@@ -179,10 +181,6 @@ impl<'a> Entry<'a> {
         }
         Err(low)
     }
-}
-
-fn backend_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
 }
 
 type Key = (&'static str, u64);
@@ -315,7 +313,7 @@ mod tests {
                 let rows: Vec<(u64, &[u8])> =
                     chunk.iter().map(|(id, r)| (*id, r.as_slice())).collect();
                 for (last, value) in runs(rows) {
-                    table.insert(("c", last), value.as_slice()).unwrap();
+                    table.insert(("c", last), value.as_ref()).unwrap();
                 }
             }
             table.insert(("b", 5), row(5).as_slice()).unwrap();
@@ -369,7 +367,7 @@ mod tests {
     #[test]
     fn runs_are_bounded_in_messages_and_bytes() {
         let small: Vec<(u64, Vec<u8>)> = (1..=600).map(|id| (id, row(id))).collect();
-        let cut: Vec<(u64, Vec<u8>)> =
+        let cut: Vec<(u64, Cow<[u8]>)> =
             runs(small.iter().map(|(id, r)| (*id, r.as_slice()))).collect();
         let lasts: Vec<u64> = cut.iter().map(|(last, _)| *last).collect();
         assert_eq!(lasts, [256, 512, 600]);
@@ -385,8 +383,12 @@ mod tests {
         assert_eq!(lasts, [2, 3], "the run that passed 64 KiB ends there");
 
         let one = row(9);
-        let single: Vec<(u64, Vec<u8>)> = runs([(9, one.as_slice())]).collect();
-        assert_eq!(single, [(9, one.clone())]);
+        let single: Vec<(u64, Cow<[u8]>)> = runs([(9, one.as_slice())]).collect();
+        assert_eq!(single, [(9, Cow::Borrowed(one.as_slice()))]);
+        assert!(
+            matches!(single[0].1, Cow::Borrowed(_)),
+            "a lone row is not copied"
+        );
     }
 
     /// A damaged entry is an error, not a panic or a wrong message.

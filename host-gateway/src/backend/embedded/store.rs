@@ -7,9 +7,10 @@
 //! rows wait in memory (see `unflushed.rs`), where every read finds them,
 //! until a flusher thread writes everything gathered over 100 ms (or 4 MiB)
 //! to the B-tree in one synced transaction (each chat's messages as runs,
-//! see `runs.rs`) and the journal it came from is emptied. So the tree's page writes and its fsync, which cost as much
-//! for a group of three messages as for thousands, are paid ten times a
-//! second, off the path of any acknowledgement. There are two journals: the
+//! see `runs.rs`) and the journal it came from is emptied. So the tree's
+//! page writes and its fsync, which cost as much for a group of three
+//! messages as for thousands, are paid ten times a second, off the path of
+//! any acknowledgement. There are two journals: the
 //! writer appends to one while the flusher empties the other.
 //!
 //! Receipts and chats are small and rarer: each commits with an fsync of its own.
@@ -403,7 +404,7 @@ fn write_rows(db: &Database, rows: &Rows) -> StoreResult<()> {
         for (chat, rows) in rows.chats() {
             for (last, run) in runs::runs(rows) {
                 messages
-                    .insert((chat, last), run.as_slice())
+                    .insert((chat, last), run.as_ref())
                     .map_err(backend_err)?;
             }
         }
@@ -421,7 +422,7 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn backend_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn backend_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
