@@ -5,6 +5,8 @@
 #   bench/scripts/run.sh --cluster also scenarios 1-3 on two gateways over Redis + Cassandra
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# A fresh machine has the pinned toolchain but not yet its wasm target.
+rustup target add wasm32-wasip2 >/dev/null
 cargo build --release --locked -p host-gateway -p switchboard-bench
 if [[ " $* " == *" --cluster "* ]]; then
   infra/redis.sh start
