@@ -10,8 +10,12 @@ use exports::chat::platform::fanout_handler::{Guest, Stored};
 struct Host;
 
 impl core::Platform for Host {
-    fn members(&self, chat: &str) -> Option<Vec<String>> {
-        membership::get_chat(chat).ok().flatten().map(|c| c.members)
+    fn members_of(&self, chats: &[&str]) -> Vec<Option<Vec<String>>> {
+        let chats: Vec<String> = chats.iter().map(|c| c.to_string()).collect();
+        membership::get_chats(&chats)
+            .into_iter()
+            .map(|found| found.ok().flatten().map(|c| c.members))
+            .collect()
     }
 
     fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>) {

@@ -21,20 +21,31 @@ pub struct Stored {
 
 /// What fan-out needs from the host.
 pub trait Platform {
-    /// Current members of a chat; `None` if it does not exist or cannot be read.
-    fn members(&self, chat: &str) -> Option<Vec<String>>;
+    /// Current members of each chat, in order; `None` for one that does
+    /// not exist or cannot be read. One call per batch: a remote store
+    /// reads them concurrently.
+    fn members_of(&self, chats: &[&str]) -> Vec<Option<Vec<String>>>;
     fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>);
 }
 
-/// Delivers each message; a chat's members are read once per batch.
+/// Delivers each message; the members of the batch's chats are read once,
+/// in one call.
 pub fn fanout(platform: &impl Platform, messages: Vec<Stored>) {
-    let mut members: HashMap<String, Option<Vec<String>>> = HashMap::new();
-    for m in messages {
-        let recipients = members
-            .entry(m.chat_id.clone())
-            .or_insert_with(|| platform.members(&m.chat_id));
-        // A chat we cannot read now: its members catch up from the store.
-        let Some(recipients) = recipients else {
+    let mut chats: Vec<&str> = Vec::new();
+    for m in &messages {
+        if !chats.contains(&m.chat_id.as_str()) {
+            chats.push(&m.chat_id);
+        }
+    }
+    let members: HashMap<&str, Option<Vec<String>>> = chats
+        .iter()
+        .copied()
+        .zip(platform.members_of(&chats))
+        .collect();
+    for m in &messages {
+        // A chat we cannot read now (or a host that answered short): its
+        // members catch up from the store.
+        let Some(Some(recipients)) = members.get(m.chat_id.as_str()) else {
             continue;
         };
         let view = MessageView {
@@ -61,14 +72,17 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         chats: HashMap<String, Vec<String>>,
-        lookups: RefCell<usize>,
+        /// The chats asked for, one list per call.
+        lookups: RefCell<Vec<Vec<String>>>,
         sent: RefCell<Vec<Delivery>>,
     }
 
     impl Platform for Fake {
-        fn members(&self, chat: &str) -> Option<Vec<String>> {
-            *self.lookups.borrow_mut() += 1;
-            self.chats.get(chat).cloned()
+        fn members_of(&self, chats: &[&str]) -> Vec<Option<Vec<String>>> {
+            self.lookups
+                .borrow_mut()
+                .push(chats.iter().map(|c| c.to_string()).collect());
+            chats.iter().map(|c| self.chats.get(*c).cloned()).collect()
         }
 
         fn send_to_users(&self, users: &[String], frame: &str, skip: Option<u64>) {
@@ -111,7 +125,7 @@ mod tests {
         );
         assert_eq!(
             *p.lookups.borrow(),
-            1,
+            vec![vec!["g:1".to_string()]],
             "members are read once per chat per batch"
         );
     }
@@ -122,7 +136,34 @@ mod tests {
         let mut p = Fake::default();
         p.chats.insert("g:1".into(), vec!["bob".into()]);
         fanout(&p, vec![stored(1, "gone"), stored(2, "g:1")]);
-        assert_eq!(p.sent.borrow().len(), 1);
+        let sent = p.sent.borrow();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1["messageId"], "2");
+    }
+
+    /// A host that answers fewer chats than asked: what it answered for is
+    /// delivered, the rest is skipped rather than misrouted.
+    #[test]
+    fn a_short_answer_skips_the_chats_left_out() {
+        #[derive(Default)]
+        struct Short(RefCell<Vec<(Vec<String>, String)>>);
+        impl Platform for Short {
+            fn members_of(&self, _chats: &[&str]) -> Vec<Option<Vec<String>>> {
+                vec![Some(vec!["bob".into()])]
+            }
+            fn send_to_users(&self, users: &[String], frame: &str, _skip: Option<u64>) {
+                let frame: serde_json::Value = serde_json::from_str(frame).unwrap();
+                let id = frame["messageId"].as_str().unwrap().to_string();
+                self.0.borrow_mut().push((users.to_vec(), id));
+            }
+        }
+        let p = Short::default();
+        fanout(&p, vec![stored(1, "a"), stored(2, "b"), stored(3, "a")]);
+        let bob = vec!["bob".to_string()];
+        assert_eq!(
+            *p.0.borrow(),
+            vec![(bob.clone(), "1".to_string()), (bob, "3".to_string())]
+        );
     }
 
     /// In a batch spanning chats, each message reaches its own chat's members, each chat is read once, and a message with no origin skips no connection.
@@ -161,6 +202,10 @@ mod tests {
                 (members(&["alice", "carol"]), "4".into(), Some(3)),
             ]
         );
-        assert_eq!(*p.lookups.borrow(), 2);
+        assert_eq!(
+            *p.lookups.borrow(),
+            vec![vec!["dm:alice:bob".to_string(), "g:1".to_string()]],
+            "the batch's chats are read in one call, each once"
+        );
     }
 }

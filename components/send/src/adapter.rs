@@ -46,15 +46,21 @@ impl core::Platform for Host {
         config::current().max_content_bytes
     }
 
-    fn get_chat(&self, chat: &str) -> Result<Option<ChatInfo>, StoreError> {
-        let found = membership::get_chat(chat).map_err(store_error)?;
-        Ok(found.map(|c| ChatInfo {
-            kind: match c.kind {
-                types::ChatKind::Direct => ChatKind::Direct,
-                types::ChatKind::Group => ChatKind::Group,
-            },
-            members: c.members,
-        }))
+    fn get_chats(&self, chats: &[&str]) -> Vec<Result<Option<ChatInfo>, StoreError>> {
+        let chats: Vec<String> = chats.iter().map(|c| c.to_string()).collect();
+        membership::get_chats(&chats)
+            .into_iter()
+            .map(|found| {
+                let found = found.map_err(store_error)?;
+                Ok(found.map(|c| ChatInfo {
+                    kind: match c.kind {
+                        types::ChatKind::Direct => ChatKind::Direct,
+                        types::ChatKind::Group => ChatKind::Group,
+                    },
+                    members: c.members,
+                }))
+            })
+            .collect()
     }
 
     fn append(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {

@@ -85,7 +85,10 @@ pub enum ReceiptKind {
 /// What the component needs from the host.
 pub trait Platform {
     fn max_content_bytes(&self) -> u32;
-    fn get_chat(&self, chat: &str) -> Result<Option<ChatInfo>, StoreError>;
+    /// Each of `chats`, in order (`None` where it does not exist). The
+    /// batch's chats are asked for in one call, so a remote store reads
+    /// them concurrently.
+    fn get_chats(&self, chats: &[&str]) -> Vec<Result<Option<ChatInfo>, StoreError>>;
     fn append(&self, messages: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>>;
     fn get_message(&self, chat: &str, id: u64) -> Result<Option<Message>, StoreError>;
     fn advance_receipt(
@@ -166,11 +169,45 @@ pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Messag
         to_store: Vec::new(),
         stored: Vec::new(),
     };
-    for frame in frames {
-        batch.handle(frame);
+    // Every body is read first, so that the chats they name can be asked
+    // for in one call; then the frames are acted on in order.
+    let bodies: Vec<Body<'_>> = frames.iter().map(Body::of).collect();
+    batch.read_chats(&bodies);
+    for (frame, body) in frames.iter().zip(bodies) {
+        batch.handle(frame, body);
     }
     batch.flush();
     batch.stored
+}
+
+/// A frame's body, read once.
+enum Body<'a> {
+    /// A `sendMessage`'s fields, or why they are unusable.
+    Send(Result<SendFields<'a>, (Refusal, Option<String>)>),
+    /// An `ack` or `typing`: the JSON object, or why it is not one.
+    Object(Result<Map<String, Value>, Refusal>),
+    /// Any other type: refused, in its turn.
+    Other,
+}
+
+impl<'a> Body<'a> {
+    fn of(frame: &'a Frame) -> Self {
+        match frame.kind.as_str() {
+            "sendMessage" => Self::Send(SendFields::parse(&frame.body)),
+            "ack" | "typing" => Self::Object(object(&frame.body)),
+            _ => Self::Other,
+        }
+    }
+
+    /// The chat this frame names, if it names a plausible one.
+    fn chat_id(&self) -> Option<&str> {
+        let chat = match self {
+            Self::Send(Ok(fields)) => fields.chat_id.as_ref(),
+            Self::Object(Ok(body)) => chat_id_field(body).ok()?,
+            _ => return None,
+        };
+        (!chat.is_empty() && chat.len() <= 200).then_some(chat)
+    }
 }
 
 struct Batch<'p, P: Platform> {
@@ -227,6 +264,25 @@ struct SendFields<'a> {
 }
 
 impl<'a> SendFields<'a> {
+    /// A well-formed frame borrows from `body`; anything else is read again
+    /// as an object to name the field at fault.
+    fn parse(body: &'a str) -> Result<Self, (Refusal, Option<String>)> {
+        if let Ok(fields) = serde_json::from_str::<SendFields<'_>>(body) {
+            return Ok(fields);
+        }
+        let parsed = object(body).map_err(|r| (r, None))?;
+        SendFields::from_object(&parsed).map(SendFields::into_owned)
+    }
+
+    fn into_owned(self) -> SendFields<'static> {
+        SendFields {
+            client_msg_id: Cow::Owned(self.client_msg_id.into_owned()),
+            chat_id: Cow::Owned(self.chat_id.into_owned()),
+            content: Cow::Owned(self.content.into_owned()),
+            timestamp: self.timestamp,
+        }
+    }
+
     fn from_object(body: &'a Map<String, Value>) -> Result<Self, (Refusal, Option<String>)> {
         // Echo the client's id in any refusal, when it sent a usable one.
         let echo = match body.get("clientMsgId") {
@@ -254,19 +310,41 @@ impl<'a> SendFields<'a> {
 }
 
 impl<P: Platform> Batch<'_, P> {
-    fn handle(&mut self, frame: Frame) {
-        let result = match frame.kind.as_str() {
-            "sendMessage" => self.send_message(&frame),
-            "ack" => {
-                self.flush();
-                self.receipt(&frame)
+    /// Reads the chats `bodies` name, in one call. A chat whose read fails
+    /// is read again by the first frame that needs it (see `chat_of_member`).
+    fn read_chats(&mut self, bodies: &[Body<'_>]) {
+        let mut seen = std::collections::HashSet::new();
+        let wanted: Vec<&str> = bodies
+            .iter()
+            .filter_map(Body::chat_id)
+            .filter(|chat| seen.insert(*chat))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        for (chat, found) in wanted.iter().zip(self.platform.get_chats(&wanted)) {
+            if let Ok(info) = found {
+                self.chats.insert((*chat).to_owned(), info);
             }
-            "typing" => {
+        }
+    }
+
+    fn handle(&mut self, frame: &Frame, body: Body<'_>) {
+        let result = match body {
+            Body::Send(fields) => fields.and_then(|fields| self.send_message(frame, fields)),
+            Body::Object(body) => {
                 self.flush();
-                self.typing(&frame)
+                match body {
+                    Err(refusal) => Err((refusal, None)),
+                    Ok(body) if frame.kind == "ack" => self.receipt(frame, &body),
+                    Ok(body) => self.typing(frame, &body),
+                }
             }
-            other => Err((
-                Refusal::new("unknown_type", format!("unknown frame type {other:?}")),
+            Body::Other => Err((
+                Refusal::new(
+                    "unknown_type",
+                    format!("unknown frame type {:?}", frame.kind),
+                ),
                 None,
             )),
         };
@@ -287,7 +365,13 @@ impl<P: Platform> Batch<'_, P> {
     /// The chat, if `user` is a member of it.
     fn chat_of_member(&mut self, chat: &str, user: &str) -> Result<&ChatInfo, Refusal> {
         if !self.chats.contains_key(chat) {
-            let info = self.platform.get_chat(chat).map_err(Refusal::store)?;
+            let info = self
+                .platform
+                .get_chats(&[chat])
+                .into_iter()
+                .next()
+                .unwrap_or(Err(StoreError::Unavailable))
+                .map_err(Refusal::store)?;
             self.chats.insert(chat.to_owned(), info);
         }
         match self.chats.get(chat) {
@@ -296,15 +380,11 @@ impl<P: Platform> Batch<'_, P> {
         }
     }
 
-    fn send_message(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
-        let parsed;
-        let fields = match serde_json::from_str::<SendFields<'_>>(&frame.body) {
-            Ok(fields) => fields,
-            Err(_) => {
-                parsed = object(&frame.body).map_err(|r| (r, None))?;
-                SendFields::from_object(&parsed)?
-            }
-        };
+    fn send_message(
+        &mut self,
+        frame: &Frame,
+        fields: SendFields<'_>,
+    ) -> Result<(), (Refusal, Option<String>)> {
         // Echo the client's id in any refusal, now that it is a string.
         let client_msg_id = fields.client_msg_id.as_ref();
         let fail = |r: Refusal| (r, Some(client_msg_id.to_owned()));
@@ -395,14 +475,17 @@ impl<P: Platform> Batch<'_, P> {
         }
     }
 
-    fn receipt(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
-        let body = object(&frame.body).map_err(|r| (r, None))?;
+    fn receipt(
+        &mut self,
+        frame: &Frame,
+        body: &Map<String, Value>,
+    ) -> Result<(), (Refusal, Option<String>)> {
         let fail = |r: Refusal| (r, None);
-        let chat = chat_id_field(&body).map_err(fail)?;
-        let id = string_field(&body, "messageId").map_err(fail)?;
+        let chat = chat_id_field(body).map_err(fail)?;
+        let id = string_field(body, "messageId").map_err(fail)?;
         let id = parse_message_id(id)
             .ok_or_else(|| fail(Refusal::invalid("messageId must be a decimal string")))?;
-        let kind = match string_field(&body, "status").map_err(fail)? {
+        let kind = match string_field(body, "status").map_err(fail)? {
             "delivered" => ReceiptKind::Delivered,
             "read" => ReceiptKind::Read,
             _ => {
@@ -506,10 +589,13 @@ impl<P: Platform> Batch<'_, P> {
             .unwrap_or_default())
     }
 
-    fn typing(&mut self, frame: &Frame) -> Result<(), (Refusal, Option<String>)> {
-        let body = object(&frame.body).map_err(|r| (r, None))?;
+    fn typing(
+        &mut self,
+        frame: &Frame,
+        body: &Map<String, Value>,
+    ) -> Result<(), (Refusal, Option<String>)> {
         let fail = |r: Refusal| (r, None);
-        let chat = chat_id_field(&body).map_err(fail)?;
+        let chat = chat_id_field(body).map_err(fail)?;
         let user = frame.user_id.as_str();
         let info = self.chat_of_member(chat, user).map_err(fail)?.clone();
         let key = format!("typing\u{0}{chat}\u{0}{user}");
@@ -543,6 +629,8 @@ mod tests {
         appends: RefCell<usize>,
         marks: RefCell<Vec<String>>,
         down: bool,
+        /// The chats asked for, one list per `get_chats` call.
+        chat_reads: RefCell<Vec<Vec<String>>>,
         /// When set, every append fails with this error.
         append_error: Option<StoreError>,
     }
@@ -564,11 +652,19 @@ mod tests {
             4096
         }
 
-        fn get_chat(&self, chat: &str) -> Result<Option<ChatInfo>, StoreError> {
-            if self.down {
-                return Err(StoreError::Unavailable);
-            }
-            Ok(self.chats.get(chat).cloned())
+        fn get_chats(&self, chats: &[&str]) -> Vec<Result<Option<ChatInfo>, StoreError>> {
+            self.chat_reads
+                .borrow_mut()
+                .push(chats.iter().map(|c| c.to_string()).collect());
+            chats
+                .iter()
+                .map(|chat| {
+                    if self.down {
+                        return Err(StoreError::Unavailable);
+                    }
+                    Ok(self.chats.get(*chat).cloned())
+                })
+                .collect()
         }
 
         fn append(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
@@ -825,6 +921,50 @@ mod tests {
         assert!(stored.is_empty());
         assert_eq!(p.replies()[0].1["code"], "unavailable");
         assert_eq!(p.replies()[0].1["clientMsgId"], "a");
+    }
+
+    /// The chats a batch names are read in one call, each once, before any
+    /// frame is acted on; bodies that name no usable chat ask for nothing.
+    #[test]
+    fn a_batch_reads_its_chats_in_one_call() {
+        let p = direct().with_chat("g:1", ChatKind::Group, &["alice", "carol"]);
+        let stored = handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                send("alice", "g:1", "b", "yo"),
+                frame(1, "alice", json!({"type":"sendMessage","chatId":""})),
+                ack("bob", "dm:alice:bob", 100, "delivered"),
+                frame(1, "alice", json!({"type":"typing","chatId":"g:1"})),
+                send("alice", "dm:alice:bob", "c", "again"),
+            ],
+        );
+        assert_eq!(stored.len(), 3);
+        assert_eq!(
+            *p.chat_reads.borrow(),
+            vec![vec!["dm:alice:bob".to_string(), "g:1".to_string()]]
+        );
+    }
+
+    /// A chat whose read failed is read again by each frame that needs it:
+    /// once the store is back, the next frame gets through.
+    #[test]
+    fn a_failed_chat_read_is_retried_per_frame() {
+        let p = Fake {
+            down: true,
+            ..direct()
+        };
+        handle_frames(
+            &p,
+            vec![
+                send("alice", "dm:alice:bob", "a", "hi"),
+                send("alice", "dm:alice:bob", "b", "yo"),
+            ],
+        );
+        let codes: Vec<Value> = p.replies().iter().map(|(_, r)| r["code"].clone()).collect();
+        assert_eq!(codes, vec![json!("unavailable"), json!("unavailable")]);
+        // One batched read, then one read per frame.
+        assert_eq!(p.chat_reads.borrow().len(), 3);
     }
 
     fn ack(user: &str, chat: &str, id: u64, status: &str) -> Frame {

@@ -201,6 +201,12 @@ impl membership::Guest for Component {
         Ok(found.map(chat_to_wit))
     }
 
+    /// One store API call per chat, one after another: only the WebSocket
+    /// components ask for a batch's chats, and they do not run on Spin.
+    fn get_chats(chats: Vec<String>) -> Vec<Result<Option<Chat>, StoreError>> {
+        chats.into_iter().map(Self::get_chat).collect()
+    }
+
     fn is_member(chat: String, user: String) -> Result<bool, StoreError> {
         call(Call::IsMember, &wire::IsMember { chat, user })
     }

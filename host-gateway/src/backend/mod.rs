@@ -184,10 +184,26 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn receipts(&self, chat: &str) -> StoreResult<Vec<Receipt>>;
 }
 
+/// Reads one `get_chats` call keeps in flight: a batch names at most a few
+/// hundred chats, and a store should not see all of them at once.
+pub const CONCURRENT_CHAT_READS: usize = 64;
+
 /// Chats and their members.
 #[async_trait]
 pub trait ChatDirectory: Send + Sync + 'static {
     async fn get_chat(&self, chat: &str) -> StoreResult<Option<Chat>>;
+
+    /// Each of `chats`, in order, read concurrently (at most
+    /// `CONCURRENT_CHAT_READS` at a time): a remote store answers a batch's
+    /// chats in about the time of one read.
+    async fn get_chats(&self, chats: &[String]) -> Vec<StoreResult<Option<Chat>>> {
+        use futures_util::StreamExt as _;
+        let reads: Vec<_> = chats.iter().map(|chat| self.get_chat(chat)).collect();
+        futures_util::stream::iter(reads)
+            .buffered(CONCURRENT_CHAT_READS)
+            .collect()
+            .await
+    }
 
     /// False for unknown chats.
     async fn is_member(&self, chat: &str, user: &str) -> StoreResult<bool>;

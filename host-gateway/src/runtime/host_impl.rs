@@ -236,6 +236,20 @@ impl membership::Host for HostState {
             .map(|c| c.map(types::Chat::from)))
     }
 
+    async fn get_chats(
+        &mut self,
+        chats: Vec<String>,
+    ) -> Vec<Result<Option<types::Chat>, types::StoreError>> {
+        self.shared
+            .backends
+            .chats
+            .get_chats(&chats)
+            .await
+            .into_iter()
+            .map(|found| wit(found.map(|c| c.map(types::Chat::from))))
+            .collect()
+    }
+
     async fn is_member(&mut self, chat: String, user: String) -> Result<bool, types::StoreError> {
         wit(self.shared.backends.chats.is_member(&chat, &user).await)
     }
