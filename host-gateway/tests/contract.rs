@@ -269,6 +269,29 @@ async fn chat_directory_contract(chats: &dyn ChatDirectory) {
     );
     assert!(chats.chats_of("carol").await.unwrap().is_empty());
     assert_eq!(chats.chats_of("erin").await.unwrap().len(), 1);
+    // Many chats in one call come back in the order asked, a missing one
+    // as none, a repeated one twice, each as a single read would see it.
+    let asked: Vec<String> = ["g:1", "nope", "dm:alice:bob", "g:1"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let found: Vec<Option<Vec<String>>> = chats
+        .get_chats(&asked)
+        .await
+        .into_iter()
+        .map(|c| c.unwrap().map(|c| c.members))
+        .collect();
+    let of = |m: &[&str]| Some(m.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        found,
+        vec![
+            of(&["alice", "erin"]),
+            None,
+            of(&["alice", "bob"]),
+            of(&["alice", "erin"]),
+        ]
+    );
+    assert!(chats.get_chats(&[]).await.is_empty());
     let stale = chats.update_members("g:1", &members, vec![], vec![]).await;
     assert!(
         stale.is_err(),
