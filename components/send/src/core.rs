@@ -180,30 +180,44 @@ pub fn handle_frames(platform: &impl Platform, frames: Vec<Frame>) -> Vec<Messag
     batch.stored
 }
 
-/// A frame's body, read once.
+/// A frame's body, read before the batch is acted on.
 enum Body<'a> {
-    /// A `sendMessage`'s fields, or why they are unusable.
+    /// A `sendMessage`'s fields (borrowed from the body), or why they are unusable.
     Send(Result<SendFields<'a>, (Refusal, Option<String>)>),
-    /// An `ack` or `typing`: the JSON object, or why it is not one.
-    Object(Result<Map<String, Value>, Refusal>),
+    /// An `ack` or `typing`, and the chat it seems to name. Its JSON object
+    /// is built in its turn, so that a batch holds one at a time: a batch
+    /// of odd bodies could otherwise outgrow the instance's memory.
+    Object { chat: Option<Cow<'a, str>> },
     /// Any other type: refused, in its turn.
     Other,
+}
+
+/// Just the `chatId` of a body; everything else is skipped unparsed.
+#[derive(Deserialize)]
+struct ChatIdOnly<'a> {
+    #[serde(borrow, rename = "chatId")]
+    chat_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> Body<'a> {
     fn of(frame: &'a Frame) -> Self {
         match frame.kind.as_str() {
             "sendMessage" => Self::Send(SendFields::parse(&frame.body)),
-            "ack" | "typing" => Self::Object(object(&frame.body)),
+            "ack" | "typing" => Self::Object {
+                chat: serde_json::from_str::<ChatIdOnly<'_>>(&frame.body)
+                    .ok()
+                    .and_then(|only| only.chat_id),
+            },
             _ => Self::Other,
         }
     }
 
-    /// The chat this frame names, if it names a plausible one.
+    /// The chat this frame names, if it names a plausible one: only a hint
+    /// for the batch's read; each frame checks its own body in its turn.
     fn chat_id(&self) -> Option<&str> {
         let chat = match self {
             Self::Send(Ok(fields)) => fields.chat_id.as_ref(),
-            Self::Object(Ok(body)) => chat_id_field(body).ok()?,
+            Self::Object { chat: Some(chat) } => chat.as_ref(),
             _ => return None,
         };
         (!chat.is_empty() && chat.len() <= 200).then_some(chat)
@@ -332,9 +346,9 @@ impl<P: Platform> Batch<'_, P> {
     fn handle(&mut self, frame: &Frame, body: Body<'_>) {
         let result = match body {
             Body::Send(fields) => fields.and_then(|fields| self.send_message(frame, fields)),
-            Body::Object(body) => {
+            Body::Object { .. } => {
                 self.flush();
-                match body {
+                match object(&frame.body) {
                     Err(refusal) => Err((refusal, None)),
                     Ok(body) if frame.kind == "ack" => self.receipt(frame, &body),
                     Ok(body) => self.typing(frame, &body),
@@ -943,6 +957,48 @@ mod tests {
         assert_eq!(
             *p.chat_reads.borrow(),
             vec![vec!["dm:alice:bob".to_string(), "g:1".to_string()]]
+        );
+    }
+
+    /// `ack` and `typing` frames name their chat for the batch's read too,
+    /// also when it is written with escapes; a body that is not JSON asks
+    /// for nothing and is refused in its turn.
+    #[test]
+    fn receipts_and_typing_join_the_batch_read() {
+        let p = direct().with_chat("g:1", ChatKind::Group, &["alice", "carol"]);
+        handle_frames(&p, vec![send("alice", "dm:alice:bob", "a", "hi")]);
+        p.chat_reads.borrow_mut().clear();
+        let broken = Frame {
+            connection: 2,
+            user_id: "bob".into(),
+            kind: "ack".into(),
+            body: "{not json".into(),
+        };
+        let escaped = Frame {
+            body:
+                r#"{"type":"ack","chatId":"dm:alice:b\u006fb","messageId":"100","status":"read"}"#
+                    .into(),
+            ..broken.clone()
+        };
+        handle_frames(
+            &p,
+            vec![
+                frame(1, "alice", json!({"type":"typing","chatId":"g:1"})),
+                broken,
+                escaped,
+            ],
+        );
+        assert_eq!(
+            *p.chat_reads.borrow(),
+            vec![vec!["g:1".to_string(), "dm:alice:bob".to_string()]]
+        );
+        let codes: Vec<Value> = p.replies().iter().map(|(_, r)| r["code"].clone()).collect();
+        assert_eq!(codes.last(), Some(&json!("bad_json")));
+        let bob = ("dm:alice:bob".to_string(), "bob".to_string());
+        assert_eq!(
+            p.receipts.borrow().get(&bob).map(|m| m.read_up_to),
+            Some(100),
+            "the escaped ack moved bob's read mark"
         );
     }
 
