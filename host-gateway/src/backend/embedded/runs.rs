@@ -81,25 +81,17 @@ pub(super) fn runs<'a>(
 pub(super) struct Entry<'a> {
     ids: Ids<'a>,
     /// The end offset of each row in `payload` (absent for a single message).
-    ends: &'a [u8],
+    ends: &'a [[u8; 4]],
     payload: &'a [u8],
 }
 
 enum Ids<'a> {
     Single(u64),
-    Run(&'a [u8]),
+    Run(&'a [[u8; 8]]),
 }
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Unavailable(format!("corrupt record: {what}"))
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("four bytes"))
-}
-
-fn u64_at(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
 }
 
 impl<'a> Entry<'a> {
@@ -113,16 +105,17 @@ impl<'a> Entry<'a> {
                 payload: value,
             }),
             Some(&RUN_TAG) if value.len() >= HEADER => {
-                let n = u32_at(value, 1) as usize;
-                let ids_end = HEADER + n * 8;
-                let ends_end = ids_end + n * 4;
-                if n == 0 || value.len() < ends_end {
+                let (count, rest) = value[1..].split_at(4);
+                let n = u32::from_le_bytes(count.try_into().expect("four bytes")) as usize;
+                if n == 0 || rest.len() < n * 12 {
                     return Err(corrupt("run header"));
                 }
+                let (ids, rest) = rest.split_at(n * 8);
+                let (ends, payload) = rest.split_at(n * 4);
                 let entry = Self {
-                    ids: Ids::Run(&value[HEADER..ids_end]),
-                    ends: &value[ids_end..ends_end],
-                    payload: &value[ends_end..],
+                    ids: Ids::Run(ids.as_chunks().0),
+                    ends: ends.as_chunks().0,
+                    payload,
                 };
                 let ascending = (1..n).all(|i| entry.id(i - 1) < entry.id(i));
                 let ordered = (0..n).all(|i| entry.start(i) <= entry.end(i));
@@ -141,14 +134,14 @@ impl<'a> Entry<'a> {
     pub fn len(&self) -> usize {
         match self.ids {
             Ids::Single(_) => 1,
-            Ids::Run(ids) => ids.len() / 8,
+            Ids::Run(ids) => ids.len(),
         }
     }
 
     pub fn id(&self, i: usize) -> u64 {
         match self.ids {
             Ids::Single(id) => id,
-            Ids::Run(ids) => u64_at(ids, i * 8),
+            Ids::Run(ids) => u64::from_le_bytes(ids[i]),
         }
     }
 
@@ -159,7 +152,7 @@ impl<'a> Entry<'a> {
     fn end(&self, i: usize) -> usize {
         match self.ids {
             Ids::Single(_) => self.payload.len(),
-            Ids::Run(_) => u32_at(self.ends, i * 4) as usize,
+            Ids::Run(_) => u32::from_le_bytes(self.ends[i]) as usize,
         }
     }
 
@@ -170,16 +163,14 @@ impl<'a> Entry<'a> {
 
     /// Where message `id` is, or where it would go.
     pub fn position(&self, id: u64) -> Result<usize, usize> {
-        let (mut low, mut high) = (0, self.len());
-        while low < high {
-            let mid = (low + high) / 2;
-            match self.id(mid).cmp(&id) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Ok(mid),
-            }
+        match self.ids {
+            Ids::Single(only) => match only.cmp(&id) {
+                std::cmp::Ordering::Less => Err(1),
+                std::cmp::Ordering::Equal => Ok(0),
+                std::cmp::Ordering::Greater => Err(0),
+            },
+            Ids::Run(ids) => ids.binary_search_by(|stored| u64::from_le_bytes(*stored).cmp(&id)),
         }
-        Err(low)
     }
 }
 
