@@ -3,7 +3,7 @@
 //! too (their other devices need the message); only the connection it came
 //! from is skipped, since it already has it through its `sent` ack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chat_core::frames::{self, MessageView};
 
@@ -31,12 +31,12 @@ pub trait Platform {
 /// Delivers each message; the members of the batch's chats are read once,
 /// in one call.
 pub fn fanout(platform: &impl Platform, messages: Vec<Stored>) {
-    let mut chats: Vec<&str> = Vec::new();
-    for m in &messages {
-        if !chats.contains(&m.chat_id.as_str()) {
-            chats.push(&m.chat_id);
-        }
-    }
+    let mut seen = HashSet::new();
+    let chats: Vec<&str> = messages
+        .iter()
+        .map(|m| m.chat_id.as_str())
+        .filter(|chat| seen.insert(*chat))
+        .collect();
     let members: HashMap<&str, Option<Vec<String>>> = chats
         .iter()
         .copied()

@@ -220,7 +220,7 @@ impl<'a> Body<'a> {
             Self::Object { chat: Some(chat) } => chat.as_ref(),
             _ => return None,
         };
-        (!chat.is_empty() && chat.len() <= 200).then_some(chat)
+        checked_chat_id(chat).ok()
     }
 }
 
@@ -252,7 +252,10 @@ fn string_field<'a>(frame: &'a Map<String, Value>, name: &str) -> Result<&'a str
 }
 
 fn chat_id_field(frame: &Map<String, Value>) -> Result<&str, Refusal> {
-    let chat = string_field(frame, "chatId")?;
+    checked_chat_id(string_field(frame, "chatId")?)
+}
+
+fn checked_chat_id(chat: &str) -> Result<&str, Refusal> {
     if chat.is_empty() || chat.len() > 200 {
         return Err(Refusal::invalid("chatId must be 1-200 characters"));
     }
@@ -407,10 +410,7 @@ impl<P: Platform> Batch<'_, P> {
                 "clientMsgId must be 1-64 characters",
             )));
         }
-        let chat = fields.chat_id.as_ref();
-        if chat.is_empty() || chat.len() > 200 {
-            return Err(fail(Refusal::invalid("chatId must be 1-200 characters")));
-        }
+        let chat = checked_chat_id(fields.chat_id.as_ref()).map_err(fail)?;
         let content = fields.content.as_ref();
         if content.is_empty() {
             return Err(fail(Refusal::invalid("content must not be empty")));
