@@ -194,8 +194,8 @@ pub trait ChatDirectory: Send + Sync + 'static {
     async fn get_chat(&self, chat: &str) -> StoreResult<Option<Chat>>;
 
     /// Each of `chats`, in order, read concurrently (at most
-    /// `CONCURRENT_CHAT_READS` at a time): a remote store answers a batch's
-    /// chats in about the time of one read.
+    /// `CONCURRENT_CHAT_READS` at a time), so a remote store's round trips
+    /// overlap instead of adding up.
     async fn get_chats(&self, chats: &[String]) -> Vec<StoreResult<Option<Chat>>> {
         use futures_util::StreamExt as _;
         let reads: Vec<_> = chats.iter().map(|chat| self.get_chat(chat)).collect();
