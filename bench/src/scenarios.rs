@@ -690,19 +690,27 @@ fn split_and_drain(ws: Socket) -> (Sender, tokio::task::JoinHandle<()>) {
 }
 
 /// Each sender sends at `rate / pairs` per second for `duration`; returns receive latencies (µs).
+///
+/// The senders' ticks are spread evenly over one interval, so the offered
+/// load arrives at a steady rate: started together, every sender would fire
+/// in the same instant and each tick would be a burst of `pairs` messages,
+/// whatever the rate.
 async fn open_loop(
     sockets: Vec<(Socket, Socket, String)>,
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<Histogram<u64>> {
-    let per_sender = (rate / sockets.len() as f64).max(1.0);
+    let senders = sockets.len();
+    let per_sender = (rate / senders as f64).max(1.0);
     let interval = Duration::from_secs_f64(1.0 / per_sender);
+    let start = tokio::time::Instant::now();
     let deadline = Instant::now() + duration;
     let mut receivers = Vec::new();
-    for (sender, mut receiver, chat) in sockets {
+    for (n, (sender, mut receiver, chat)) in sockets.into_iter().enumerate() {
         let (mut ws, drain) = split_and_drain(sender);
+        let phase = interval.mul_f64(n as f64 / senders as f64);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            let mut tick = tokio::time::interval_at(start + phase, interval);
             while Instant::now() < deadline {
                 tick.tick().await;
                 if send_stamped(&mut ws, &chat, CLIENT_IDS.fetch_add(1, Ordering::Relaxed))
