@@ -38,6 +38,11 @@ struct Cli {
     redis_url: String,
     #[arg(long, default_value = "127.0.0.1:9042")]
     cassandra: String,
+    /// Seconds of unrecorded load on the cluster before it is measured, so
+    /// that Cassandra's JVM has compiled its hot code [default: 60, 1 with
+    /// `--quick`].
+    #[arg(long)]
+    cluster_warm_up: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +122,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{connections} idle connections: {per:.2} KiB RSS each");
         return Ok(());
     }
+    let warm_up = cli.cluster_warm_up.map(std::time::Duration::from_secs);
+    let with_warm_up = |sizes: scenarios::Sizes| scenarios::Sizes {
+        cluster_warm_up: warm_up.unwrap_or(sizes.cluster_warm_up),
+        ..sizes
+    };
     let cluster = cli.cluster.then(|| target::ClusterServices {
         redis_url: cli.redis_url.clone(),
         cassandra: cli.cassandra.clone(),
@@ -127,12 +137,12 @@ async fn main() -> anyhow::Result<()> {
         secs,
     }) = cli.command
     {
-        let sizes = scenarios::Sizes {
+        let sizes = with_warm_up(scenarios::Sizes {
             history_messages: messages,
             history_clients: clients,
             duration: std::time::Duration::from_secs(secs),
             ..scenarios::Sizes::full()
-        };
+        });
         return scenarios::history_only(&bin, &sizes, cluster.as_ref()).await;
     }
     if let Some(Command::OneToOne {
@@ -144,12 +154,12 @@ async fn main() -> anyhow::Result<()> {
         relay,
     }) = cli.command
     {
-        let sizes = scenarios::Sizes {
+        let sizes = with_warm_up(scenarios::Sizes {
             pairs,
             window,
             duration: std::time::Duration::from_secs(secs),
             ..scenarios::Sizes::full()
-        };
+        });
         let offered = if rates.is_empty() {
             scenarios::Offered::FractionsOfPeak(loads)
         } else {
@@ -157,10 +167,10 @@ async fn main() -> anyhow::Result<()> {
         };
         return scenarios::one_to_one_loads(&bin, &sizes, &offered, relay, cluster.as_ref()).await;
     }
-    let sizes = if cli.quick {
+    let sizes = with_warm_up(if cli.quick {
         scenarios::Sizes::quick()
     } else {
         scenarios::Sizes::full()
-    };
+    });
     scenarios::run_all(&bin, &sizes, cli.samples_dir.as_deref(), cluster.as_ref()).await
 }
