@@ -9,7 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const COMPONENTS: [&str; 5] = ["send", "fanout", "presence", "history", "chats"];
+const COMPONENTS: [&str; 6] = [
+    "send",
+    "fanout",
+    "presence",
+    "history",
+    "chats",
+    "presence-query",
+];
 
 fn main() {
     let manifest_dir =
@@ -30,7 +37,8 @@ fn main() {
         "/// The component binaries built with this host.\npub fn get(name: &str) -> Option<&'static [u8]> {\n    match name {\n",
     );
     for name in COMPONENTS {
-        let path = wasm_dir.join(format!("{name}.wasm"));
+        // Cargo names a library's artefact with `_` where its package has `-`.
+        let path = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
         assert!(path.exists(), "component {} was not built", path.display());
         println!("cargo:rerun-if-changed={}", path.display());
         code.push_str(&format!(

@@ -38,7 +38,7 @@ log "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The components' Wasm shells compile only for the wasm target.
 cargo clippy --locked --target wasm32-wasip2 --target-dir "$CARGO_TARGET_DIR/components" \
-  -p send -p fanout -p presence -p history -p chats -p spin-adapter -- -D warnings
+  -p send -p fanout -p presence -p presence-query -p history -p chats -p spin-adapter -- -D warnings
 
 log "services"
 # Real Redis and Cassandra for the contract, cluster and fault tests; HAProxy

@@ -71,7 +71,14 @@ impl Histogram {
 }
 
 /// The components whose invocations are timed, in the order they render.
-const COMPONENTS: [&str; 5] = ["send", "fanout", "presence", "history", "chats"];
+const COMPONENTS: [&str; 6] = [
+    "send",
+    "fanout",
+    "presence",
+    "history",
+    "chats",
+    "presence-query",
+];
 static INVOCATIONS: [Histogram; COMPONENTS.len()] = [const { Histogram::new() }; COMPONENTS.len()];
 /// From a frame's arrival to the start of the invocation that takes it.
 static DISPATCH_WAIT: [Histogram; 2] = [const { Histogram::new() }; 2];

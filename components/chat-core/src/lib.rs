@@ -6,6 +6,7 @@
 pub mod frames;
 pub mod http;
 pub mod ids;
+pub mod presence;
 pub mod receipts;
 pub mod store_api;
 pub mod token;

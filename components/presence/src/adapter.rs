@@ -1,11 +1,6 @@
-//! Binds `core` to the `chat:platform` imports, exports `presence-handler`,
-//! and serves presence queries through spin-sdk's `wasi:http` export.
+//! Binds `core` to the `chat:platform` imports and exports `presence-handler`.
 
 use std::collections::HashSet;
-
-use chat_core::http::{USER_HEADER, caller, unix_now_secs};
-use spin_sdk::http::{Method, Request, Response};
-use spin_sdk::http_component;
 
 use crate::core::{self, Presence, Unavailable};
 
@@ -116,25 +111,3 @@ impl Guest for Component {
 }
 
 export!(Component);
-
-#[http_component]
-fn handle(request: Request) -> Response {
-    let header = |name: &str| request.header(name).and_then(|v| v.as_str());
-    let user = caller(
-        header(USER_HEADER),
-        header("authorization"),
-        config::caller_token_secret().as_deref(),
-        unix_now_secs(),
-    );
-    let method = if matches!(request.method(), Method::Get) {
-        "GET"
-    } else {
-        "OTHER"
-    };
-    let reply = core::handle_http(&Host, method, request.path(), user.as_deref());
-    Response::builder()
-        .status(reply.status)
-        .header("content-type", "application/json")
-        .body(reply.body.to_string())
-        .build()
-}

@@ -8,13 +8,14 @@
 //! Changes (online, offline by disconnect, offline by expiry) are pushed as
 //! `{"type":"presence","userId","status","lastSeen"}` to the connections
 //! that subscribed with `subscribePresence`. Only users who share a chat
-//! with the subscriber can be watched or queried.
+//! with the subscriber can be watched (and, in `presence-query`, queried).
 
 use std::collections::HashSet;
 
 use chat_core::frames;
-use chat_core::http::{Reply, api_segments};
-use serde_json::{Value, json};
+use chat_core::presence::presence_json;
+pub use chat_core::presence::{Presence, Unavailable};
+use serde_json::Value;
 
 /// A connection opened or closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,19 +32,6 @@ pub struct Frame {
     pub kind: String,
     pub body: String,
 }
-
-/// A user's presence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Presence {
-    pub user_id: String,
-    pub online: bool,
-    /// ms since the Unix epoch; 0 if never seen.
-    pub last_seen: i64,
-}
-
-/// A presence store failure, as the component sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unavailable;
 
 /// Most users one `subscribePresence` may name.
 pub const MAX_SUBSCRIPTION: usize = 1024;
@@ -66,21 +54,9 @@ pub trait Platform {
 
 /// The `presence` frame.
 pub fn presence_frame(p: &Presence) -> String {
-    json!({
-        "type": "presence",
-        "userId": p.user_id,
-        "status": if p.online { "online" } else { "offline" },
-        "lastSeen": last_seen(p),
-    })
-    .to_string()
-}
-
-fn last_seen(p: &Presence) -> Value {
-    if p.last_seen > 0 {
-        Value::from(p.last_seen)
-    } else {
-        Value::Null
-    }
+    let mut frame = presence_json(p);
+    frame["type"] = Value::from("presence");
+    frame.to_string()
 }
 
 fn announce(platform: &impl Platform, user: &str, online: bool) {
@@ -191,51 +167,12 @@ fn subscribe(platform: &impl Platform, frame: &Frame) -> Result<(), (&'static st
     Ok(())
 }
 
-/// `GET /api/v1/users/{userId}/presence`.
-pub fn handle_http(
-    platform: &impl Platform,
-    method: &str,
-    path: &str,
-    caller: Option<&str>,
-) -> Reply {
-    let Some(caller) = caller else {
-        return Reply::unauthorized();
-    };
-    let Some(segments) = api_segments(path) else {
-        return Reply::not_found();
-    };
-    let [users, user, presence] = segments.as_slice() else {
-        return Reply::not_found();
-    };
-    if users != "users" || presence != "presence" {
-        return Reply::not_found();
-    }
-    if method != "GET" {
-        return Reply::method_not_allowed();
-    }
-    let not_found = || Reply::error(404, "user_not_found", "no such user among your chats");
-    match platform.contacts(caller) {
-        Ok(contacts) if contacts.contains(user.as_str()) => {}
-        Ok(_) => return not_found(),
-        Err(Unavailable) => return Reply::unavailable(),
-    }
-    match platform.query(std::slice::from_ref(user)) {
-        Ok(found) => match found.first() {
-            Some(p) => Reply::ok(json!({
-                "userId": p.user_id,
-                "status": if p.online { "online" } else { "offline" },
-                "lastSeen": last_seen(p),
-            })),
-            None => not_found(),
-        },
-        Err(Unavailable) => Reply::unavailable(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
+
+    use serde_json::json;
 
     use super::*;
 
@@ -424,30 +361,5 @@ mod tests {
         };
         handle_frames(&down, vec![frame("alice", json!({"type":"heartbeat"}))]);
         assert_eq!(down.replies.borrow()[0].1["code"], "unavailable");
-    }
-
-    /// Presence can be queried for contacts only; others are 404.
-    #[test]
-    fn http_query_for_contacts_only() {
-        let p = Fake::default();
-        handle_lifecycle(&p, vec![connected(1, "bob")]);
-        let ok = handle_http(&p, "GET", "/api/v1/users/bob/presence", Some("alice"));
-        assert_eq!(ok.status, 200);
-        assert_eq!(
-            ok.body,
-            json!({"userId":"bob","status":"online","lastSeen":4000})
-        );
-        assert_eq!(
-            handle_http(&p, "GET", "/api/v1/users/bob/presence", Some("carol")).status,
-            404
-        );
-        assert_eq!(
-            handle_http(&p, "GET", "/api/v1/users/bob/presence", None).status,
-            401
-        );
-        assert_eq!(
-            handle_http(&p, "POST", "/api/v1/users/bob/presence", Some("alice")).status,
-            405
-        );
     }
 }

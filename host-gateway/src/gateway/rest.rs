@@ -43,7 +43,7 @@ fn route(path: &str) -> Option<HttpComponent> {
     match segments.as_slice() {
         ["chats", _, "messages", ..] => Some(HttpComponent::History),
         ["chats"] | ["chats", _] | ["chats", _, "members", ..] => Some(HttpComponent::Chats),
-        ["users", _, "presence"] => Some(HttpComponent::Presence),
+        ["users", _, "presence"] => Some(HttpComponent::PresenceQuery),
         _ => None,
     }
 }
@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(route("/api/v1/chats/g:1"), Some(HttpComponent::Chats));
         assert_eq!(
             route("/api/v1/users/bob/presence"),
-            Some(HttpComponent::Presence)
+            Some(HttpComponent::PresenceQuery)
         );
         assert_eq!(route("/api/v1/users"), None);
     }

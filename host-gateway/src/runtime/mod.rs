@@ -83,7 +83,8 @@ pub enum InvokeError {
 pub enum ComponentSource {
     /// The components built with this binary (see `build.rs`).
     Embedded,
-    /// `<dir>/<name>.wasm` where present, the embedded component otherwise:
+    /// `<dir>/<name>.wasm` (`-` in a name as `_`, as cargo writes it) where
+    /// present, the embedded component otherwise:
     /// for deploying rebuilt components without rebuilding the host.
     Directory(std::path::PathBuf),
 }
@@ -96,7 +97,7 @@ impl ComponentSource {
     /// The bytes of component `name` (`send`, `history`, ...).
     pub fn load(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         if let Self::Directory(dir) = self {
-            let path = dir.join(format!("{name}.wasm"));
+            let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
             if path.exists() {
                 return std::fs::read(&path)
                     .with_context(|| format!("reading component {}", path.display()));
@@ -113,8 +114,8 @@ impl ComponentSource {
 pub enum HttpComponent {
     History,
     Chats,
-    /// The presence component's HTTP side (presence queries).
-    Presence,
+    /// Presence queries.
+    PresenceQuery,
 }
 
 impl HttpComponent {
@@ -122,7 +123,7 @@ impl HttpComponent {
         match self {
             Self::History => "history",
             Self::Chats => "chats",
-            Self::Presence => "presence",
+            Self::PresenceQuery => "presence-query",
         }
     }
 }
@@ -136,7 +137,7 @@ pub struct Runtime {
     presence: PresencePre<HostState>,
     history: ProxyPre<HostState>,
     chats: ProxyPre<HostState>,
-    presence_http: ProxyPre<HostState>,
+    presence_query: ProxyPre<HostState>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -241,17 +242,14 @@ impl Runtime {
                 anyhow::Error::from(e).context(format!("component {name} lacks its export"))
             }
         };
-        let presence = compile("presence")?;
         Ok(Self {
             shared,
             limits,
             send: SendPre::new(pre("send")?).map_err(exports("send"))?,
             fanout: FanoutPre::new(pre("fanout")?).map_err(exports("fanout"))?,
-            presence: PresencePre::new(link(&presence, "presence")?)
-                .map_err(exports("presence"))?,
-            // The same component also serves presence queries over HTTP.
-            presence_http: ProxyPre::new(link(&presence, "presence")?)
-                .map_err(exports("presence"))?,
+            presence: PresencePre::new(pre("presence")?).map_err(exports("presence"))?,
+            presence_query: ProxyPre::new(pre("presence-query")?)
+                .map_err(exports("presence-query"))?,
             history: ProxyPre::new(pre("history")?).map_err(exports("history"))?,
             chats: ProxyPre::new(pre("chats")?).map_err(exports("chats"))?,
         })
@@ -350,7 +348,7 @@ impl Runtime {
         let pre = match which {
             HttpComponent::History => &self.history,
             HttpComponent::Chats => &self.chats,
-            HttpComponent::Presence => &self.presence_http,
+            HttpComponent::PresenceQuery => &self.presence_query,
         };
         let mut store = self.store(pre.engine());
         let request = request.map(|b| {

@@ -125,7 +125,7 @@ fn routes_match_the_rest_api() -> anyhow::Result<()> {
         ("/api/v1/chats/g:1", Some("chats")),
         ("/api/v1/chats/g:1/members", Some("chats")),
         ("/api/v1/chats/g:1/members/bob", Some("chats")),
-        ("/api/v1/users/bob/presence", Some("presence")),
+        ("/api/v1/users/bob/presence", Some("presence-query")),
         ("/api/v1/users", None),
         ("/api/v1/users/bob", None),
         ("/internal/v1/message-store/get", None),
