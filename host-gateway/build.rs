@@ -33,7 +33,11 @@ fn main() {
         None => build_components(&root),
     };
 
-    let mut code = String::from(
+    let mut code = format!(
+        "/// The components built with this host, by name.\npub const NAMES: [&str; {}] = {COMPONENTS:?};\n\n",
+        COMPONENTS.len()
+    );
+    code.push_str(
         "/// The component binaries built with this host.\npub fn get(name: &str) -> Option<&'static [u8]> {\n    match name {\n",
     );
     for name in COMPONENTS {

@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
+use crate::runtime::COMPONENT_NAMES as COMPONENTS;
+
 static CONNECTIONS_OPEN: AtomicI64 = AtomicI64::new(0);
 static CONNECTIONS_TOTAL: AtomicU64 = AtomicU64::new(0);
 static FRAMES_IN: AtomicU64 = AtomicU64::new(0);
@@ -70,15 +72,7 @@ impl Histogram {
     }
 }
 
-/// The components whose invocations are timed, in the order they render.
-const COMPONENTS: [&str; 6] = [
-    "send",
-    "fanout",
-    "presence",
-    "history",
-    "chats",
-    "presence-query",
-];
+/// Invocation times per component, in the order of `COMPONENTS` (the order they render).
 static INVOCATIONS: [Histogram; COMPONENTS.len()] = [const { Histogram::new() }; COMPONENTS.len()];
 /// From a frame's arrival to the start of the invocation that takes it.
 static DISPATCH_WAIT: [Histogram; 2] = [const { Histogram::new() }; 2];

@@ -93,6 +93,9 @@ mod embedded_components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// Every component's name (`send`, `presence-query`, ...), as the build embeds them.
+pub use embedded_components::NAMES as COMPONENT_NAMES;
+
 impl ComponentSource {
     /// The bytes of component `name` (`send`, `history`, ...).
     pub fn load(&self, name: &str) -> anyhow::Result<Vec<u8>> {
