@@ -4,7 +4,7 @@
 //! The components are built by a nested cargo into their own target
 //! directory (`<target>/components`): the outer build holds the lock of the
 //! main one. Set `SWITCHBOARD_PREBUILT_COMPONENTS=<dir>` to embed already
-//! built `<name>.wasm` files instead.
+//! built `<name>.wasm` files instead (`-` in a name as `_`, as cargo writes it).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

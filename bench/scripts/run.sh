@@ -2,7 +2,7 @@
 # Reruns every benchmark and regenerates the table and plots in docs/.
 #   bench/scripts/run.sh           full sizes (minutes)
 #   bench/scripts/run.sh --quick   a smoke run with tiny sizes
-#   bench/scripts/run.sh --cluster also scenarios 1-3 on two gateways over Redis + Cassandra
+#   bench/scripts/run.sh --cluster also scenarios 1-4 on two gateways over Redis + Cassandra
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # A fresh machine has the pinned toolchain but not yet its wasm target.

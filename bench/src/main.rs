@@ -30,7 +30,7 @@ struct Cli {
     /// Also write raw latency samples (CSV) here, for plots.
     #[arg(long)]
     samples_dir: Option<PathBuf>,
-    /// Also run scenarios 1-3 on two gateways over Redis + Cassandra
+    /// Also run scenarios 1-4 on two gateways over Redis + Cassandra
     /// (`infra/redis.sh start`, `infra/cassandra/cassandra.sh start`).
     #[arg(long)]
     cluster: bool,
@@ -39,8 +39,8 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:9042")]
     cassandra: String,
     /// Seconds of unrecorded load on the cluster before it is measured, so
-    /// that Cassandra's JVM has compiled its hot code [default: 60, 1 with
-    /// `--quick`].
+    /// that Cassandra's JVM has compiled its hot code [default: 60; 1 with
+    /// `--quick` and no subcommand].
     #[arg(long)]
     cluster_warm_up: Option<u64>,
 }

@@ -39,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_CONTENT_BYTES", default_value_t = 4096)]
     pub max_content_bytes: u32,
 
-    /// Load `<name>.wasm` components from this directory instead of the embedded ones.
+    /// Load `<name>.wasm` components from this directory instead of the embedded
+    /// ones (`-` in a name as `_`, as cargo writes it: `presence_query.wasm`).
     #[arg(long, env = "SWITCHBOARD_COMPONENTS_DIR")]
     pub components_dir: Option<PathBuf>,
 
