@@ -28,6 +28,19 @@ pub fn caller(
     }
 }
 
+/// `caller` of a request, now: `header` reads its headers by lower-case name.
+pub fn caller_of<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    token_secret: Option<&str>,
+) -> Option<String> {
+    caller(
+        header(USER_HEADER),
+        header("authorization"),
+        token_secret,
+        unix_now_secs(),
+    )
+}
+
 /// Seconds since the Unix epoch, for `caller` (Wasm reads the host's clock).
 pub fn unix_now_secs() -> i64 {
     std::time::SystemTime::now()

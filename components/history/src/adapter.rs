@@ -1,6 +1,6 @@
 //! Binds `core` to spin-sdk's request type and the `chat:platform` imports.
 
-use chat_core::http::{Reply, USER_HEADER, caller, unix_now_secs};
+use chat_core::http::{Reply, caller_of};
 use chat_core::receipts::Marks;
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
@@ -100,12 +100,9 @@ fn respond(reply: Reply) -> Response {
 
 #[http_component]
 fn handle(request: Request) -> Response {
-    let header = |name: &str| request.header(name).and_then(|v| v.as_str());
-    let user = caller(
-        header(USER_HEADER),
-        header("authorization"),
+    let user = caller_of(
+        |name| request.header(name).and_then(|v| v.as_str()),
         config::caller_token_secret().as_deref(),
-        unix_now_secs(),
     );
     let core_request = core::Request {
         method: method_name(request.method()),

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use chat_core::http::{USER_HEADER, caller, unix_now_secs};
+use chat_core::http::caller_of;
 use chat_core::presence::{Presence, Unavailable};
 use spin_sdk::http::{Method, Request, Response};
 use spin_sdk::http_component;
@@ -35,12 +35,9 @@ impl core::Platform for Host {
 
 #[http_component]
 fn handle(request: Request) -> Response {
-    let header = |name: &str| request.header(name).and_then(|v| v.as_str());
-    let user = caller(
-        header(USER_HEADER),
-        header("authorization"),
+    let user = caller_of(
+        |name| request.header(name).and_then(|v| v.as_str()),
         config::caller_token_secret().as_deref(),
-        unix_now_secs(),
     );
     let method = if matches!(request.method(), Method::Get) {
         "GET"
