@@ -227,19 +227,16 @@ impl Runtime {
         )?;
 
         // Compiled once, linked, and checked against the world it must export.
-        let compile = |name: &str| -> anyhow::Result<Component> {
+        let pre = |name: &str| -> anyhow::Result<_> {
             let bytes = source.load(name)?;
-            Component::new(&engine, &bytes)
+            let component = Component::new(&engine, &bytes)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("compiling component {name}"))
-        };
-        let link = |component: &Component, name: &str| -> anyhow::Result<_> {
+                .with_context(|| format!("compiling component {name}"))?;
             linker
-                .instantiate_pre(component)
+                .instantiate_pre(&component)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("linking component {name}"))
         };
-        let pre = |name: &str| link(&compile(name)?, name);
         let exports = |name: &'static str| {
             move |e: wasmtime::Error| {
                 anyhow::Error::from(e).context(format!("component {name} lacks its export"))

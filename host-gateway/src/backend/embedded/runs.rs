@@ -164,11 +164,7 @@ impl<'a> Entry<'a> {
     /// Where message `id` is, or where it would go.
     pub fn position(&self, id: u64) -> Result<usize, usize> {
         match self.ids {
-            Ids::Single(only) => match only.cmp(&id) {
-                std::cmp::Ordering::Less => Err(1),
-                std::cmp::Ordering::Equal => Ok(0),
-                std::cmp::Ordering::Greater => Err(0),
-            },
+            Ids::Single(only) => std::slice::from_ref(&only).binary_search(&id),
             Ids::Run(ids) => ids.binary_search_by(|stored| u64::from_le_bytes(*stored).cmp(&id)),
         }
     }
