@@ -131,9 +131,9 @@ impl Kind {
 }
 
 /// Loads the cluster, unrecorded, before anything on it is measured.
-/// Cassandra's JVM interprets its code until it has run long enough to be
-/// compiled: on a JVM just started the cluster's 1:1 peak measured ~4.2k
-/// msg/s, and ~8.5k after a minute of load (2026-12-08).
+/// On a Cassandra JVM just started the cluster's 1:1 peak measured ~4.2k
+/// msg/s, and ~8.5k after a minute of load (2026-12-08; most likely the JIT
+/// compiling the hot paths).
 async fn warm_up_cluster(
     bin: &Path,
     cluster: &ClusterServices,
